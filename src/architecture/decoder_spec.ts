@@ -1,0 +1,86 @@
+/**
+ * The architecture of a decoder-only transformer, as plain data.
+ *
+ * One description serves three consumers: the ONNX graph builder (`src/onnx`), the plain TypeScript
+ * reference forward (`src/reference`) and the checkpoint converters (`src/convert`). Weights are named and
+ * laid out as in Hugging Face Llama checkpoints (`[out_features, in_features]` for linear layers), so a
+ * Llama-family checkpoint maps onto it name for name.
+ */
+import type { RopeSpec } from "../positions/rope.js";
+
+/** How token positions enter the model. */
+export type PositionSpec =
+  /** Rotary embeddings applied to queries and keys inside attention. */
+  | { kind: "rope"; rope: RopeSpec }
+  /**
+   * ALiBi: a per-head linear bias on the query-key distance. `mask_cumsum` counts positions over the
+   * attended (mask = 1) slots only, as Bloom and Falcon do; `key_index` counts every cache slot, as MPT does.
+   */
+  | { kind: "alibi"; positions: "mask_cumsum" | "key_index" }
+  /** A learned absolute position table added to the token embeddings (GPT-2, OPT). */
+  | { kind: "learned"; max_positions: number };
+
+export interface DecoderSpec {
+  vocab_size: number;
+  hidden_size: number;
+  num_layers: number;
+  num_heads: number;
+  /** Key/value heads; fewer than `num_heads` is grouped-query attention. */
+  num_kv_heads: number;
+  head_dim: number;
+  intermediate_size: number;
+  /** `rms`: RMSNorm (weight only). `layer`: LayerNorm (weight and bias). */
+  norm: "rms" | "layer";
+  norm_eps: number;
+  /** `swiglu`: down(silu(gate(x)) * up(x)). `gelu`: down(gelu(up(x) + b) ) + b (tanh approximation). */
+  mlp: "swiglu" | "gelu";
+  positions: PositionSpec;
+  /** When true the output projection reuses `model.embed_tokens.weight`. */
+  tie_word_embeddings: boolean;
+}
+
+/** A weight tensor: row-major float32 data and its shape. */
+export interface WeightTensor {
+  shape: readonly number[];
+  data: Float32Array;
+}
+
+/** Weights by name (see {@link weightShapes} for the names a spec needs). */
+export type DecoderWeights = ReadonlyMap<string, WeightTensor>;
+
+/**
+ * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms and `gelu` MLPs
+ * (GPT-2 style); attention projections never carry a bias.
+ */
+export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
+  const { hidden_size: h, num_heads, num_kv_heads, head_dim, intermediate_size: ffn, vocab_size } = spec;
+  const shapes = new Map<string, number[]>();
+  const norm = (name: string) => {
+    shapes.set(`${name}.weight`, [h]);
+    if (spec.norm === "layer") shapes.set(`${name}.bias`, [h]);
+  };
+  shapes.set("model.embed_tokens.weight", [vocab_size, h]);
+  if (spec.positions.kind === "learned") shapes.set("model.embed_positions.weight", [spec.positions.max_positions, h]);
+  for (let i = 0; i < spec.num_layers; i++) {
+    const layer = `model.layers.${i}`;
+    norm(`${layer}.input_layernorm`);
+    shapes.set(`${layer}.self_attn.q_proj.weight`, [num_heads * head_dim, h]);
+    shapes.set(`${layer}.self_attn.k_proj.weight`, [num_kv_heads * head_dim, h]);
+    shapes.set(`${layer}.self_attn.v_proj.weight`, [num_kv_heads * head_dim, h]);
+    shapes.set(`${layer}.self_attn.o_proj.weight`, [h, num_heads * head_dim]);
+    norm(`${layer}.post_attention_layernorm`);
+    if (spec.mlp === "swiglu") {
+      shapes.set(`${layer}.mlp.gate_proj.weight`, [ffn, h]);
+      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
+      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
+    } else {
+      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
+      shapes.set(`${layer}.mlp.up_proj.bias`, [ffn]);
+      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
+      shapes.set(`${layer}.mlp.down_proj.bias`, [h]);
+    }
+  }
+  norm("model.norm");
+  if (!spec.tie_word_embeddings) shapes.set("lm_head.weight", [vocab_size, h]);
+  return shapes;
+}

@@ -1,0 +1,93 @@
+/**
+ * The two StreamingLLM options (named as in the Python `attention_sinks`) and their validation.
+ */
+
+export interface AttentionSinkOptions {
+  /** The first tokens of the stream, kept for ever (default 4; 0 gives plain window attention). */
+  attention_sink_size?: number;
+  /** The most recent tokens kept after the sinks (default 1020). */
+  attention_sink_window_size?: number;
+  /**
+   * Advanced: how many evicted slots may stay in the buffers (masked out) before they are compacted away.
+   * Larger trades a little attention work for fewer copies; 0 compacts on every eviction, which keeps the
+   * buffers exactly `sink + window` long. Default: min(64, (sink + window) / 16), never past the positions
+   * the model can address.
+   */
+  attention_sink_compaction_interval?: number;
+}
+
+export const DEFAULT_ATTENTION_SINK_SIZE = 4;
+export const DEFAULT_ATTENTION_SINK_WINDOW_SIZE = 1020;
+const MAX_DEFAULT_COMPACTION_INTERVAL = 64;
+
+export interface SinkPolicy {
+  sink_size: number;
+  window_size: number;
+  /** sink_size + window_size: the most tokens attention ever sees. */
+  capacity: number;
+  compaction_interval: number;
+}
+
+export class AttentionSinkOptionError extends RangeError {
+  override name = "AttentionSinkOptionError";
+}
+
+const OPTION_NAMES = new Set<string>([
+  "attention_sink_size",
+  "attention_sink_window_size",
+  "attention_sink_compaction_interval",
+]);
+
+/** Splits our options from the ones transformers.js receives unchanged. */
+export function splitSinkOptions<T extends object>(options: T | undefined): {
+  sink: AttentionSinkOptions;
+  rest: Omit<T, keyof AttentionSinkOptions>;
+} {
+  const sink: Record<string, unknown> = {};
+  const rest: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(options ?? {})) {
+    (OPTION_NAMES.has(key) ? sink : rest)[key] = value;
+  }
+  return { sink: sink as AttentionSinkOptions, rest: rest as Omit<T, keyof AttentionSinkOptions> };
+}
+
+function integerOption(name: string, value: unknown, min: number): number {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new AttentionSinkOptionError(`${name} must be an integer, got ${JSON.stringify(value)}`);
+  }
+  if (value < min) throw new AttentionSinkOptionError(`${name} must be at least ${min}, got ${value}`);
+  return value;
+}
+
+/**
+ * Validates the options against what the model can address.
+ * @param maxPositions the model's trained position count, or null when positions are unbounded (ALiBi).
+ * @param positionSlack how many positions past sink + window the buffers may use, or null when unbounded;
+ * it caps the compaction interval.
+ */
+export function resolveSinkPolicy(
+  options: AttentionSinkOptions,
+  maxPositions: number | null,
+  positionSlack: number | null = maxPositions,
+): SinkPolicy {
+  const sink_size = integerOption("attention_sink_size", options.attention_sink_size ?? DEFAULT_ATTENTION_SINK_SIZE, 0);
+  const window_size = integerOption(
+    "attention_sink_window_size",
+    options.attention_sink_window_size ?? DEFAULT_ATTENTION_SINK_WINDOW_SIZE,
+    1,
+  );
+  const capacity = sink_size + window_size;
+  if (maxPositions !== null && capacity > maxPositions) {
+    throw new AttentionSinkOptionError(
+      `attention_sink_size + attention_sink_window_size = ${sink_size} + ${window_size} = ${capacity} exceeds the ` +
+        `${maxPositions} positions this model addresses (max_position_embeddings); ` +
+        `use attention_sink_window_size <= ${Math.max(1, maxPositions - sink_size)}`,
+    );
+  }
+  const slack = positionSlack === null ? Infinity : positionSlack - capacity;
+  const requested =
+    options.attention_sink_compaction_interval === undefined
+      ? Math.min(MAX_DEFAULT_COMPACTION_INTERVAL, Math.max(1, Math.floor(capacity / 16)))
+      : integerOption("attention_sink_compaction_interval", options.attention_sink_compaction_interval, 0);
+  return { sink_size, window_size, capacity, compaction_interval: Math.max(0, Math.min(requested, slack)) };
+}

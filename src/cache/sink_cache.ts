@@ -1,0 +1,317 @@
+/**
+ * The attention-sink KV cache: which slots of the key/value buffers attention sees, and where.
+ *
+ * Buffers follow the transformers.js layout [batch, kv_heads, slots, head_dim] and grow by the tokens of
+ * each forward pass (the graph concatenates). Slots are laid out as
+ *
+ *     [ sinks | evicted (masked out) | window ]
+ *
+ * Evicting a token only masks its slot; every `compaction_interval` evictions the evicted slots are copied
+ * away. With RoPE, positions are the slot indices: the window keeps the rotation it was written with, and
+ * only the sink keys are re-rotated (from a pristine copy) to sit just before the window, so every query sees
+ * sinks and window at contiguous positions exactly as if the cache were compacted. Compaction rotates the
+ * window back by the evicted count, which keeps positions below sink + window + compaction_interval.
+ */
+import { Tensor } from "@huggingface/transformers";
+import { KeyRotation, type RopeSpec } from "../positions/rope.js";
+import type { SinkPolicy } from "./options.js";
+
+/** What the cache needs to know about the model's positions. */
+export interface CachePositions {
+  /** RoPE keys to re-rotate, or null when positions are not baked into keys by rotation. */
+  rope: { spec: RopeSpec; inverse_frequencies: Float32Array } | null;
+  /**
+   * `slot`: position ids are slot indices (RoPE with lazy eviction); `attended`: the count of attended
+   * tokens before the new one (cache-relative positions for ALiBi and learned tables).
+   */
+  position_ids: "slot" | "attended";
+}
+
+export interface CacheLayout {
+  num_layers: number;
+  num_kv_heads: number;
+  head_dim: number;
+}
+
+export interface SinkCacheStats {
+  /** Tokens streamed through the cache so far. */
+  seen_tokens: number;
+  /** Tokens attention sees now (at most sink + window). */
+  cached_tokens: number;
+  /** Bytes of keys and values of the cached tokens: exactly constant once the cache is full. */
+  kv_cache_bytes: number;
+  /** Bytes of the key/value buffers, including evicted slots not yet compacted away. */
+  kv_buffer_bytes: number;
+}
+
+export class SinkCacheError extends Error {
+  override name = "SinkCacheError";
+}
+
+/** FNV-1a over token ids in two independent 32-bit lanes: recognises a re-sent conversation prefix. */
+class StreamFingerprint {
+  private readonly lanes: Uint32Array;
+  constructor(batch: number) {
+    this.lanes = new Uint32Array(batch * 2);
+    for (let b = 0; b < batch; b++) {
+      this.lanes[2 * b] = 0x811c9dc5;
+      this.lanes[2 * b + 1] = 0x01000193;
+    }
+  }
+  static step(lanes: Uint32Array, offset: number, token: number): void {
+    lanes[offset] = Math.imul(lanes[offset] ^ token, 0x01000193) >>> 0;
+    lanes[offset + 1] = Math.imul(lanes[offset + 1] ^ (token + 0x9e3779b9), 0x85ebca6b) >>> 0;
+  }
+  /** Adds rows of `length` tokens starting at `start` in a [batch, stride] id array. */
+  add(ids: ArrayLike<bigint>, stride: number, start: number, length: number): void {
+    const batch = this.lanes.length / 2;
+    for (let b = 0; b < batch; b++) {
+      for (let t = start; t < start + length; t++) StreamFingerprint.step(this.lanes, 2 * b, Number(ids[b * stride + t]));
+    }
+  }
+  /** Whether the first `length` tokens of every row hash to this stream. */
+  matchesPrefix(ids: ArrayLike<bigint>, stride: number, length: number): boolean {
+    const probe = new StreamFingerprint(this.lanes.length / 2);
+    probe.add(ids, stride, 0, length);
+    return probe.lanes.every((value, i) => value === this.lanes[i]);
+  }
+}
+
+/** The bookkeeping of one stream. Tensors live in the cache object's standard entries. */
+export class SinkCacheState {
+  private batch = 0;
+  /** Slots in the buffers. */
+  private slots = 0;
+  /** Masked slots between the sinks and the window. */
+  private evicted = 0;
+  private seen = 0;
+  /** Keys of the sink tokens as first written (rotated at their own position), per layer. */
+  private readonly sinkKeys: Float32Array[] = [];
+  private sinksKept = 0;
+  /** The rotation the sink keys in the buffers currently carry. */
+  private sinkShift = 0;
+  private readonly rotations = new Map<number, KeyRotation>();
+  private fingerprint = new StreamFingerprint(0);
+  /** Tokens generate() sampled last but never fed (one per row): the next turn feeds them first. */
+  private pending: BigInt64Array | null = null;
+  private readonly keyNames: string[];
+  private readonly valueNames: string[];
+
+  constructor(
+    readonly policy: SinkPolicy,
+    readonly layout: CacheLayout,
+    readonly positions: CachePositions,
+    private readonly entries: Record<string, Tensor>,
+  ) {
+    this.keyNames = Array.from({ length: layout.num_layers }, (_, i) => `past_key_values.${i}.key`);
+    this.valueNames = Array.from({ length: layout.num_layers }, (_, i) => `past_key_values.${i}.value`);
+  }
+
+  get stats(): SinkCacheStats {
+    const bytesPerSlot = this.batch * this.layout.num_kv_heads * this.layout.head_dim * 4 * 2 * this.layout.num_layers;
+    return {
+      seen_tokens: this.seen,
+      cached_tokens: this.attended,
+      kv_cache_bytes: this.attended * bytesPerSlot,
+      kv_buffer_bytes: this.slots * bytesPerSlot,
+    };
+  }
+
+  /** Tokens attention sees. */
+  get attended(): number {
+    return this.slots - this.evicted;
+  }
+
+  get seen_tokens(): number {
+    return this.seen;
+  }
+
+  /** Records the final sampled token of each row, which generation returns without feeding it. */
+  setPending(tokens: BigInt64Array): void {
+    this.pending = tokens;
+  }
+
+  /** Takes the tokens a previous generation left unfed (null when none). */
+  takePending(): BigInt64Array | null {
+    const pending = this.pending;
+    this.pending = null;
+    return pending;
+  }
+
+  /** How many of `remaining` tokens the next forward pass may take. */
+  nextChunkLength(remaining: number): number {
+    const { capacity, window_size } = this.policy;
+    const free = capacity - this.attended;
+    if (free > 0) return Math.min(remaining, free);
+    // Once full, each chunk evicts as many tokens as it brings: half a window keeps most context for all.
+    return Math.min(remaining, Math.max(1, Math.ceil(window_size / 2)));
+  }
+
+  /**
+   * The length of the prefix of `ids` ([batch, length]) already streamed: the whole stream when `ids`
+   * re-sends it (as a chat template re-rendering the conversation does), else 0.
+   */
+  streamedPrefix(ids: ArrayLike<bigint>, length: number): number {
+    if (this.seen === 0 || length <= this.seen) return 0;
+    return this.fingerprint.matchesPrefix(ids, length, this.seen) ? this.seen : 0;
+  }
+
+  /** Makes room for `n` new tokens: evicts the oldest window tokens, compacts when due and moves the sinks. */
+  beginForward(batch: number, n: number): void {
+    if (this.batch === 0) this.bind(batch);
+    if (batch !== this.batch) {
+      throw new SinkCacheError(`this cache streams ${this.batch} row(s); got a batch of ${batch}`);
+    }
+    const { capacity, sink_size, compaction_interval } = this.policy;
+    const excess = this.attended + n - capacity;
+    if (excess > 0) {
+      if (excess > this.attended - this.sinksKept) {
+        throw new SinkCacheError(`a forward pass of ${n} tokens cannot fit a cache of ${capacity}: feed it in chunks`);
+      }
+      this.evicted += excess;
+    }
+    // At most compaction_interval masked slots, so slot positions stay below capacity + compaction_interval.
+    if (this.evicted > compaction_interval) this.compact();
+    if (this.positions.rope && sink_size > 0 && this.sinkShift !== this.evicted) this.shiftSinks(this.evicted);
+  }
+
+  /** The feeds that describe the slots: attention mask [batch, slots + n] and position ids [batch, n]. */
+  maskAndPositions(n: number): { attention_mask: Tensor; position_ids: Tensor } {
+    const total = this.slots + n;
+    const mask = new BigInt64Array(this.batch * total).fill(1n);
+    const positions = new BigInt64Array(this.batch * n);
+    const first = this.positions.position_ids === "slot" ? this.slots : this.attended;
+    for (let b = 0; b < this.batch; b++) {
+      mask.fill(0n, b * total + this.sinksKept, b * total + this.sinksKept + this.evicted);
+      for (let k = 0; k < n; k++) positions[b * n + k] = BigInt(first + k);
+    }
+    return {
+      attention_mask: new Tensor("int64", mask, [this.batch, total]),
+      position_ids: new Tensor("int64", positions, [this.batch, n]),
+    };
+  }
+
+  /** Adopts the buffers a forward pass returned (`present.*`, already concatenated with the past). */
+  finishForward(presentKeys: Tensor[], presentValues: Tensor[], ids: ArrayLike<bigint>, stride: number, start: number, n: number): void {
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      const key = presentKeys[i];
+      if (key.type !== "float32" || presentValues[i].type !== "float32") {
+        throw new SinkCacheError(
+          `attention-sinks moves keys in float32; this model's KV cache is ${key.type}: load it with dtype "fp32" (or a quantized dtype whose cache is float32)`,
+        );
+      }
+      this.entries[this.keyNames[i]] = key;
+      this.entries[this.valueNames[i]] = presentValues[i];
+    }
+    this.slots += n;
+    this.seen += n;
+    this.fingerprint.add(ids, stride, start, n);
+    if (this.sinksKept < this.policy.sink_size) this.keepSinkKeys();
+  }
+
+  private bind(batch: number): void {
+    this.batch = batch;
+    this.fingerprint = new StreamFingerprint(batch);
+    const { num_kv_heads, head_dim } = this.layout;
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      this.entries[this.keyNames[i]] = new Tensor("float32", new Float32Array(0), [batch, num_kv_heads, 0, head_dim]);
+      this.entries[this.valueNames[i]] = new Tensor("float32", new Float32Array(0), [batch, num_kv_heads, 0, head_dim]);
+      if (this.positions.rope) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
+    }
+  }
+
+  /** Copies newly written sink keys while they still carry their own position's rotation. */
+  private keepSinkKeys(): void {
+    const kept = Math.min(this.policy.sink_size, this.slots);
+    if (this.positions.rope) {
+      const { head_dim } = this.layout;
+      const rows = this.batch * this.layout.num_kv_heads;
+      for (let i = 0; i < this.layout.num_layers; i++) {
+        const keys = this.entries[this.keyNames[i]].data as Float32Array;
+        for (let r = 0; r < rows; r++) {
+          const from = (r * this.slots + this.sinksKept) * head_dim;
+          this.sinkKeys[i].set(
+            keys.subarray(from, from + (kept - this.sinksKept) * head_dim),
+            (r * this.policy.sink_size + this.sinksKept) * head_dim,
+          );
+        }
+      }
+    }
+    this.sinksKept = kept;
+  }
+
+  private rotation(distance: number): KeyRotation {
+    let rotation = this.rotations.get(distance);
+    if (!rotation) {
+      const rope = this.positions.rope!;
+      rotation = new KeyRotation(rope.spec, rope.inverse_frequencies, distance);
+      // Distances repeat (1..compaction_interval and their negatives), so a small memo covers the stream.
+      if (this.rotations.size < 4 * (this.policy.compaction_interval + 2)) this.rotations.set(distance, rotation);
+    }
+    return rotation;
+  }
+
+  /** Rewrites the sink keys in place, rotated by `distance` from their original positions. */
+  private shiftSinks(distance: number): void {
+    const { head_dim, num_kv_heads } = this.layout;
+    const sinks = this.sinksKept;
+    const rotation = this.rotation(distance);
+    const rows = this.batch * num_kv_heads;
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      const keys = this.entries[this.keyNames[i]].data as Float32Array;
+      for (let r = 0; r < rows; r++) {
+        rotation.apply(this.sinkKeys[i], r * this.policy.sink_size * head_dim, keys, r * this.slots * head_dim, sinks);
+      }
+    }
+    this.sinkShift = distance;
+  }
+
+  /** Copies the attended slots into fresh buffers: sinks back at their own positions, window shifted down. */
+  private compact(): void {
+    const { head_dim, num_kv_heads } = this.layout;
+    const sinks = this.sinksKept;
+    const kept = this.attended;
+    const windowLength = kept - sinks;
+    const windowStart = sinks + this.evicted;
+    const rows = this.batch * num_kv_heads;
+    const rotation = this.positions.rope && this.positions.position_ids === "slot" ? this.rotation(-this.evicted) : null;
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      const oldKeys = this.entries[this.keyNames[i]].data as Float32Array;
+      const oldValues = this.entries[this.valueNames[i]].data as Float32Array;
+      const keys = new Float32Array(rows * kept * head_dim);
+      const values = new Float32Array(rows * kept * head_dim);
+      for (let r = 0; r < rows; r++) {
+        const from = r * this.slots * head_dim;
+        const to = r * kept * head_dim;
+        values.set(oldValues.subarray(from, from + sinks * head_dim), to);
+        values.set(oldValues.subarray(from + windowStart * head_dim, from + this.slots * head_dim), to + sinks * head_dim);
+        if (this.positions.rope) {
+          keys.set(this.sinkKeys[i].subarray(r * this.policy.sink_size * head_dim, (r * this.policy.sink_size + sinks) * head_dim), to);
+        } else {
+          keys.set(oldKeys.subarray(from, from + sinks * head_dim), to);
+        }
+        if (rotation) {
+          rotation.apply(oldKeys, from + windowStart * head_dim, keys, to + sinks * head_dim, windowLength);
+        } else {
+          keys.set(oldKeys.subarray(from + windowStart * head_dim, from + this.slots * head_dim), to + sinks * head_dim);
+        }
+      }
+      const dims = [this.batch, num_kv_heads, kept, head_dim];
+      this.entries[this.keyNames[i]] = new Tensor("float32", keys, dims);
+      this.entries[this.valueNames[i]] = new Tensor("float32", values, dims);
+    }
+    this.slots = kept;
+    this.evicted = 0;
+    this.sinkShift = 0;
+  }
+
+  /** The past key/value tensors to feed, by input name. */
+  pastFeeds(): Record<string, Tensor> {
+    const feeds: Record<string, Tensor> = {};
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      feeds[this.keyNames[i]] = this.entries[this.keyNames[i]];
+      feeds[this.valueNames[i]] = this.entries[this.valueNames[i]];
+    }
+    return feeds;
+  }
+}

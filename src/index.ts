@@ -1,0 +1,51 @@
+/**
+ * attention-sinks: endless, constant-memory generation for transformers.js decoders (StreamingLLM).
+ * Everything transformers.js exports is re-exported; the decoder loaders and `pipeline` stream.
+ */
+export * from "@huggingface/transformers";
+export {
+  AutoModelForCausalLM,
+  BloomForCausalLM,
+  CodeGenForCausalLM,
+  CohereForCausalLM,
+  ExaoneForCausalLM,
+  FalconForCausalLM,
+  GPT2LMHeadModel,
+  GPTJForCausalLM,
+  GPTNeoForCausalLM,
+  GPTNeoXForCausalLM,
+  Gemma2ForCausalLM,
+  GemmaForCausalLM,
+  GraniteForCausalLM,
+  LlamaForCausalLM,
+  MistralForCausalLM,
+  MptForCausalLM,
+  OPTForCausalLM,
+  Olmo2ForCausalLM,
+  OlmoForCausalLM,
+  Phi3ForCausalLM,
+  PhiForCausalLM,
+  Qwen2ForCausalLM,
+  Qwen3ForCausalLM,
+  StableLmForCausalLM,
+  Starcoder2ForCausalLM,
+  pipeline,
+  type StreamingModel,
+  type StreamingModelOptions,
+} from "./transformers/models.js";
+export {
+  enableAttentionSinks,
+  sinkCacheStats,
+  type AttentionSinkModel,
+  type AttentionSinkSettings,
+  type StreamingForwardInputs,
+  type StreamingForwardOutput,
+} from "./transformers/streaming_decoder.js";
+export {
+  AttentionSinkOptionError,
+  DEFAULT_ATTENTION_SINK_SIZE,
+  DEFAULT_ATTENTION_SINK_WINDOW_SIZE,
+  type AttentionSinkOptions,
+} from "./cache/options.js";
+export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
+export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";

@@ -1,0 +1,225 @@
+/**
+ * Model families as rows of data: how each `model_type` encodes positions and lays out its KV cache.
+ * Everything the sink cache needs to know about a model comes from its row plus its `config.json`.
+ */
+import { ropeInverseFrequencies, type RopeLayout, type RopeScaling, type RopeSpec } from "./rope.js";
+
+export interface FamilyRow {
+  positions: "rope" | "alibi" | "learned";
+  /** For RoPE families: which coordinates pair up. */
+  rope_layout?: RopeLayout;
+  /** For ALiBi families: whether distances count attended slots only (`mask_cumsum`) or every slot. */
+  alibi_positions?: "mask_cumsum" | "key_index";
+  /** A boolean config path that, when true, switches a RoPE family to ALiBi (Falcon's `alibi`). */
+  alibi_flag?: string;
+  /** A boolean config path that, when false, switches an ALiBi family to learned positions (MPT). */
+  alibi_disabled_flag?: string;
+}
+
+const rope = (rope_layout: RopeLayout): FamilyRow => ({ positions: "rope", rope_layout });
+const learned: FamilyRow = { positions: "learned" };
+
+/**
+ * Supported families. Every row uses the transformers.js cache layout
+ * `past_key_values.{i}.key/value` of shape [batch, kv_heads, seq, head_dim].
+ */
+export const FAMILIES: Readonly<Record<string, FamilyRow>> = {
+  llama: rope("rotate_half"),
+  mistral: rope("rotate_half"),
+  qwen2: rope("rotate_half"),
+  qwen3: rope("rotate_half"),
+  gemma: rope("rotate_half"),
+  gemma2: rope("rotate_half"),
+  olmo: rope("rotate_half"),
+  olmo2: rope("rotate_half"),
+  granite: rope("rotate_half"),
+  starcoder2: rope("rotate_half"),
+  stablelm: rope("rotate_half"),
+  phi: rope("rotate_half"),
+  phi3: rope("rotate_half"),
+  gpt_neox: rope("rotate_half"),
+  exaone: rope("rotate_half"),
+  gptj: rope("interleaved"),
+  codegen: rope("interleaved"),
+  cohere: rope("interleaved"),
+  falcon: { ...rope("rotate_half"), alibi_flag: "alibi", alibi_positions: "mask_cumsum" },
+  bloom: { positions: "alibi", alibi_positions: "mask_cumsum" },
+  mpt: { positions: "alibi", alibi_positions: "key_index", alibi_disabled_flag: "attn_config.alibi" },
+  gpt2: learned,
+  gpt_neo: learned,
+  opt: learned,
+};
+
+export const SUPPORTED_MODEL_TYPES: readonly string[] = Object.keys(FAMILIES).sort();
+
+/** The positional scheme of one loaded model, resolved from its family row and config. */
+export type PositionScheme =
+  | { kind: "rope"; rope: RopeSpec; inverse_frequencies: Float32Array }
+  | { kind: "alibi"; positions: "mask_cumsum" | "key_index" }
+  | { kind: "learned" };
+
+export interface ModelGeometry {
+  model_type: string;
+  num_layers: number;
+  num_kv_heads: number;
+  head_dim: number;
+  /** The largest position the model was trained to address (null when unbounded, as with ALiBi). */
+  max_positions: number | null;
+  scheme: PositionScheme;
+}
+
+/** A transformers `config.json`, read loosely: only the keys below are consulted. */
+export type ModelConfig = Readonly<Record<string, unknown>>;
+
+export class UnsupportedModelError extends Error {
+  override name = "UnsupportedModelError";
+}
+
+function lookup(config: ModelConfig, path: string): unknown {
+  let value: unknown = config;
+  for (const key of path.split(".")) {
+    if (value === null || typeof value !== "object") return undefined;
+    value = (value as Record<string, unknown>)[key];
+  }
+  return value;
+}
+
+function firstNumber(config: ModelConfig, keys: readonly string[]): number | undefined {
+  for (const key of keys) {
+    const value = lookup(config, key);
+    if (typeof value === "number" && Number.isFinite(value)) return value;
+  }
+  return undefined;
+}
+
+function requireNumber(config: ModelConfig, keys: readonly string[], what: string): number {
+  const value = firstNumber(config, keys);
+  if (value === undefined) {
+    throw new UnsupportedModelError(`config.json has no ${what} (looked for ${keys.join(", ")})`);
+  }
+  return value;
+}
+
+/** Reads `rope_parameters` (transformers >= 4.56) or `rope_scaling`, normalised to {@link RopeScaling}. */
+function readRopeScaling(config: ModelConfig, maxPositions: number | null, positionsInUse: number): RopeScaling | undefined {
+  const raw = (lookup(config, "rope_parameters") ?? lookup(config, "rope_scaling")) as Record<string, unknown> | null | undefined;
+  if (!raw || typeof raw !== "object") return undefined;
+  const type = String(raw.rope_type ?? raw.type ?? "default");
+  const num = (key: string, fallback?: number): number => {
+    const value = raw[key] ?? fallback;
+    if (typeof value !== "number") throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}`);
+    return value;
+  };
+  const original = () => num("original_max_position_embeddings", firstNumber(config, ["original_max_position_embeddings"]) ?? maxPositions ?? undefined);
+  switch (type) {
+    case "default":
+      return undefined;
+    case "linear":
+      return { rope_type: "linear", factor: num("factor") };
+    case "dynamic":
+      return { rope_type: "dynamic", factor: num("factor") };
+    case "llama3":
+      return {
+        rope_type: "llama3",
+        factor: num("factor"),
+        low_freq_factor: num("low_freq_factor"),
+        high_freq_factor: num("high_freq_factor"),
+        original_max_position_embeddings: original(),
+      };
+    case "yarn": {
+      const optional = (key: string) => (typeof raw[key] === "number" ? (raw[key] as number) : undefined);
+      return {
+        rope_type: "yarn",
+        factor: num("factor"),
+        original_max_position_embeddings: original(),
+        beta_fast: optional("beta_fast"),
+        beta_slow: optional("beta_slow"),
+        attention_factor: optional("attention_factor"),
+        mscale: optional("mscale"),
+        mscale_all_dim: optional("mscale_all_dim"),
+        truncate: typeof raw.truncate === "boolean" ? raw.truncate : undefined,
+      };
+    }
+    case "longrope": {
+      const short = raw.short_factor;
+      const long = raw.long_factor;
+      if (!Array.isArray(short) || !Array.isArray(long)) {
+        throw new UnsupportedModelError('rope scaling "longrope" needs short_factor and long_factor arrays');
+      }
+      const originalMax = original();
+      return {
+        rope_type: "longrope",
+        short_factor: short.map(Number),
+        long_factor: long.map(Number),
+        original_max_position_embeddings: originalMax,
+        factor: typeof raw.factor === "number" ? raw.factor : (maxPositions ?? originalMax) / originalMax,
+        attention_factor: typeof raw.attention_factor === "number" ? raw.attention_factor : undefined,
+        use_long_factor: positionsInUse > originalMax,
+      };
+    }
+    default:
+      throw new UnsupportedModelError(
+        `rope scaling "${type}" is not supported (supported: linear, dynamic, llama3, yarn, longrope)`,
+      );
+  }
+}
+
+/**
+ * Resolves a model's geometry and positional scheme from its config.
+ * @param positionsInUse the largest position count the cache will ever give the model (longrope picks its
+ * factors by it, as transformers does by sequence length).
+ */
+export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelGeometry {
+  const model_type = String(config.model_type ?? "");
+  const row = FAMILIES[model_type];
+  if (!row) {
+    throw new UnsupportedModelError(
+      `model_type "${model_type}" is not supported by attention-sinks. Supported model types: ${SUPPORTED_MODEL_TYPES.join(", ")}`,
+    );
+  }
+  const num_heads = requireNumber(config, ["num_attention_heads", "n_head", "n_heads"], "attention head count");
+  const num_kv_heads =
+    firstNumber(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ??
+    (lookup(config, "multi_query") === true ? 1 : num_heads);
+  const hidden = firstNumber(config, ["hidden_size", "n_embd", "d_model"]);
+  const head_dim = firstNumber(config, ["head_dim"]) ?? (hidden !== undefined ? hidden / num_heads : NaN);
+  if (!Number.isInteger(head_dim) || head_dim <= 0) {
+    throw new UnsupportedModelError("config.json gives no usable head_dim (nor hidden_size / num_attention_heads)");
+  }
+  const num_layers = requireNumber(config, ["num_hidden_layers", "n_layer", "n_layers", "num_layers"], "layer count");
+  const max_positions =
+    firstNumber(config, ["max_position_embeddings", "n_positions", "max_seq_len", "n_ctx", "seq_length"]) ?? null;
+
+  let positions = row.positions;
+  if (row.alibi_flag && lookup(config, row.alibi_flag) === true) positions = "alibi";
+  if (row.alibi_disabled_flag && lookup(config, row.alibi_disabled_flag) === false) positions = "learned";
+
+  let scheme: PositionScheme;
+  if (positions === "rope") {
+    const fraction = firstNumber(config, ["partial_rotary_factor", "rotary_pct"]) ?? 1;
+    const rotary_dim = firstNumber(config, ["rotary_dim"]) ?? Math.floor(head_dim * fraction);
+    if (!Number.isInteger(rotary_dim) || rotary_dim <= 0 || rotary_dim % 2 !== 0 || rotary_dim > head_dim) {
+      throw new UnsupportedModelError(`rotary dimension ${rotary_dim} is not an even number between 2 and head_dim ${head_dim}`);
+    }
+    const spec: RopeSpec = {
+      layout: row.rope_layout ?? "rotate_half",
+      head_dim,
+      rotary_dim,
+      theta: firstNumber(config, ["rope_parameters.rope_theta", "rope_theta", "rotary_emb_base"]) ?? 10000,
+      scaling: readRopeScaling(config, max_positions, positionsInUse),
+    };
+    scheme = { kind: "rope", rope: spec, inverse_frequencies: ropeInverseFrequencies(spec) };
+  } else if (positions === "alibi") {
+    scheme = { kind: "alibi", positions: row.alibi_positions ?? "mask_cumsum" };
+  } else {
+    scheme = { kind: "learned" };
+  }
+  return {
+    model_type,
+    num_layers,
+    num_kv_heads,
+    head_dim,
+    max_positions: positions === "alibi" ? null : max_positions,
+    scheme,
+  };
+}

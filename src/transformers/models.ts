@@ -1,0 +1,84 @@
+/**
+ * Drop-in replacements for the transformers.js entry points that load decoders: the same names, the same
+ * options, plus `attention_sink_size` and `attention_sink_window_size`.
+ */
+import * as transformers from "@huggingface/transformers";
+import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
+import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
+import { enableAttentionSinks, type AttentionSinkModel } from "./streaming_decoder.js";
+
+/** transformers.js loading options plus the attention-sink options. */
+export type StreamingModelOptions = PretrainedModelOptions & AttentionSinkOptions;
+
+/** A loaded streaming decoder: the transformers.js model, streaming. */
+export type StreamingModel = PreTrainedModel & AttentionSinkModel;
+
+interface PretrainedLoader {
+  from_pretrained(id: string, options?: PretrainedModelOptions): Promise<PreTrainedModel>;
+}
+
+/** Resolves what a user names as a model (hook for sources that need preparation, such as checkpoints). */
+export type ModelSourceResolver = (nameOrPath: string) => Promise<string>;
+let resolveSource: ModelSourceResolver = async (nameOrPath) => nameOrPath;
+
+/** Installs how model names are resolved before transformers.js loads them. */
+export function setModelSourceResolver(resolver: ModelSourceResolver): void {
+  resolveSource = resolver;
+}
+
+/** A loader class whose `from_pretrained` returns the transformers.js model with attention sinks enabled. */
+function streamingLoader<B extends PretrainedLoader>(Base: B) {
+  return class {
+    static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
+      const { sink, rest } = splitSinkOptions(options);
+      const model = await Base.from_pretrained(await resolveSource(id), rest);
+      return enableAttentionSinks(model, sink);
+    }
+    /** Models loaded through this class are instances of the transformers.js class. */
+    static [Symbol.hasInstance](value: unknown): boolean {
+      return value instanceof (Base as unknown as new () => unknown);
+    }
+  };
+}
+
+export const AutoModelForCausalLM = streamingLoader(transformers.AutoModelForCausalLM);
+export const LlamaForCausalLM = streamingLoader(transformers.LlamaForCausalLM);
+export const MistralForCausalLM = streamingLoader(transformers.MistralForCausalLM);
+export const Qwen2ForCausalLM = streamingLoader(transformers.Qwen2ForCausalLM);
+export const Qwen3ForCausalLM = streamingLoader(transformers.Qwen3ForCausalLM);
+export const GemmaForCausalLM = streamingLoader(transformers.GemmaForCausalLM);
+export const Gemma2ForCausalLM = streamingLoader(transformers.Gemma2ForCausalLM);
+export const OlmoForCausalLM = streamingLoader(transformers.OlmoForCausalLM);
+export const Olmo2ForCausalLM = streamingLoader(transformers.Olmo2ForCausalLM);
+export const GraniteForCausalLM = streamingLoader(transformers.GraniteForCausalLM);
+export const Starcoder2ForCausalLM = streamingLoader(transformers.Starcoder2ForCausalLM);
+export const StableLmForCausalLM = streamingLoader(transformers.StableLmForCausalLM);
+export const PhiForCausalLM = streamingLoader(transformers.PhiForCausalLM);
+export const Phi3ForCausalLM = streamingLoader(transformers.Phi3ForCausalLM);
+export const GPTNeoXForCausalLM = streamingLoader(transformers.GPTNeoXForCausalLM);
+export const ExaoneForCausalLM = streamingLoader(transformers.ExaoneForCausalLM);
+export const GPTJForCausalLM = streamingLoader(transformers.GPTJForCausalLM);
+export const CodeGenForCausalLM = streamingLoader(transformers.CodeGenForCausalLM);
+export const CohereForCausalLM = streamingLoader(transformers.CohereForCausalLM);
+export const FalconForCausalLM = streamingLoader(transformers.FalconForCausalLM);
+export const BloomForCausalLM = streamingLoader(transformers.BloomForCausalLM);
+export const MptForCausalLM = streamingLoader(transformers.MptForCausalLM);
+export const GPT2LMHeadModel = streamingLoader(transformers.GPT2LMHeadModel);
+export const GPTNeoForCausalLM = streamingLoader(transformers.GPTNeoForCausalLM);
+export const OPTForCausalLM = streamingLoader(transformers.OPTForCausalLM);
+
+/**
+ * transformers.js `pipeline`, with attention sinks on its model for `text-generation` (defaults 4 + 1020,
+ * or the `attention_sink_*` options given).
+ */
+export async function pipeline<T extends PipelineType>(
+  task: T,
+  model?: string,
+  options?: StreamingModelOptions,
+): ReturnType<typeof transformers.pipeline<T>> {
+  const { sink, rest } = splitSinkOptions(options);
+  if (task !== "text-generation") return transformers.pipeline(task, model, rest);
+  const pipe = await transformers.pipeline(task, model === undefined ? undefined : await resolveSource(model), rest);
+  enableAttentionSinks((pipe as unknown as { model: PreTrainedModel }).model, sink);
+  return pipe;
+}

@@ -1,0 +1,46 @@
+/** Validation of the attention-sink options, named in every error. */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { AttentionSinkOptionError, resolveSinkPolicy, splitSinkOptions } from "../src/cache/options.js";
+
+describe("attention-sink options", () => {
+  it("defaults to 4 sinks and a 1020-token window", () => {
+    const policy = resolveSinkPolicy({}, 4096);
+    assert.equal(policy.sink_size, 4);
+    assert.equal(policy.window_size, 1020);
+    assert.equal(policy.capacity, 1024);
+    assert.equal(policy.compaction_interval, 64);
+  });
+
+  it("names the option in every error", () => {
+    const cases: [object, RegExp][] = [
+      [{ attention_sink_size: 1.5 }, /attention_sink_size must be an integer/],
+      [{ attention_sink_size: -1 }, /attention_sink_size must be at least 0/],
+      [{ attention_sink_size: "4" }, /attention_sink_size must be an integer, got "4"/],
+      [{ attention_sink_window_size: 0 }, /attention_sink_window_size must be at least 1/],
+      [{ attention_sink_window_size: Number.NaN }, /attention_sink_window_size must be an integer/],
+      [{ attention_sink_compaction_interval: -2 }, /attention_sink_compaction_interval must be at least 0/],
+      [{ attention_sink_size: 4, attention_sink_window_size: 2045 }, /4 \+ 2045 = 2049 exceeds the 2048 positions.*attention_sink_window_size <= 2044/],
+    ];
+    for (const [options, message] of cases) {
+      assert.throws(() => resolveSinkPolicy(options, 2048), (e: Error) => e instanceof AttentionSinkOptionError && message.test(e.message));
+    }
+  });
+
+  it("sink 0 is plain window attention; unbounded models take any size", () => {
+    assert.equal(resolveSinkPolicy({ attention_sink_size: 0, attention_sink_window_size: 64 }, 512).capacity, 64);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 100_000 }, null).capacity, 100_004);
+  });
+
+  it("keeps the compaction interval inside the positions the model addresses", () => {
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, 512).compaction_interval, 0);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, 512).compaction_interval, 8);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, 512, null).compaction_interval, 40);
+  });
+
+  it("splits our options from those transformers.js receives", () => {
+    const { sink, rest } = splitSinkOptions({ attention_sink_size: 2, dtype: "fp32", device: "cpu" });
+    assert.deepEqual(sink, { attention_sink_size: 2 });
+    assert.deepEqual(rest, { dtype: "fp32", device: "cpu" });
+  });
+});
