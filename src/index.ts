@@ -5,6 +5,7 @@
 export * from "@huggingface/transformers";
 export {
   AutoModelForCausalLM,
+  AutoTokenizer,
   BloomForCausalLM,
   CodeGenForCausalLM,
   CohereForCausalLM,

@@ -27,6 +27,11 @@ describe("attention-sink options", () => {
     }
   });
 
+  it("the default window shrinks to the positions the model addresses; an explicit one is checked", () => {
+    assert.equal(resolveSinkPolicy({}, 512).window_size, 508);
+    assert.throws(() => resolveSinkPolicy({ attention_sink_size: 600 }, 512), /600 \+ 1 = 601 exceeds the 512 positions/);
+  });
+
   it("sink 0 is plain window attention; unbounded models take any size", () => {
     assert.equal(resolveSinkPolicy({ attention_sink_size: 0, attention_sink_window_size: 64 }, 512).capacity, 64);
     assert.equal(resolveSinkPolicy({ attention_sink_window_size: 100_000 }, null).capacity, 100_004);

@@ -5,7 +5,7 @@
 export interface AttentionSinkOptions {
   /** The first tokens of the stream, kept for ever (default 4; 0 gives plain window attention). */
   attention_sink_size?: number;
-  /** The most recent tokens kept after the sinks (default 1020). */
+  /** The most recent tokens kept after the sinks (default 1020, or what fits the model's positions). */
   attention_sink_window_size?: number;
   /**
    * Advanced: how many evicted slots may stay in the buffers (masked out) before they are compacted away.
@@ -71,11 +71,10 @@ export function resolveSinkPolicy(
   positionSlack: number | null = maxPositions,
 ): SinkPolicy {
   const sink_size = integerOption("attention_sink_size", options.attention_sink_size ?? DEFAULT_ATTENTION_SINK_SIZE, 0);
-  const window_size = integerOption(
-    "attention_sink_window_size",
-    options.attention_sink_window_size ?? DEFAULT_ATTENTION_SINK_WINDOW_SIZE,
-    1,
-  );
+  // The default window shrinks to fit models that address fewer positions; an explicit one never does.
+  const defaultWindow =
+    maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size));
+  const window_size = integerOption("attention_sink_window_size", options.attention_sink_window_size ?? defaultWindow, 1);
   const capacity = sink_size + window_size;
   if (maxPositions !== null && capacity > maxPositions) {
     throw new AttentionSinkOptionError(

@@ -67,6 +67,16 @@ export const GPT2LMHeadModel = streamingLoader(transformers.GPT2LMHeadModel);
 export const GPTNeoForCausalLM = streamingLoader(transformers.GPTNeoForCausalLM);
 export const OPTForCausalLM = streamingLoader(transformers.OPTForCausalLM);
 
+/** transformers.js `AutoTokenizer`, accepting the same model sources as the model loaders. */
+export class AutoTokenizer {
+  static async from_pretrained(
+    id: string,
+    options?: Parameters<typeof transformers.AutoTokenizer.from_pretrained>[1],
+  ): ReturnType<typeof transformers.AutoTokenizer.from_pretrained> {
+    return transformers.AutoTokenizer.from_pretrained(await resolveSource(id), options);
+  }
+}
+
 /**
  * transformers.js `pipeline`, with attention sinks on its model for `text-generation` (defaults 4 + 1020,
  * or the `attention_sink_*` options given).

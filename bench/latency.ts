@@ -1,0 +1,183 @@
+/**
+ * Speed and memory of the sink cache against plain transformers.js, on one model in one process.
+ *
+ *   npm run bench:latency [-- --tokens 20000 --window 1020 --steps 256]
+ *
+ * The model is a random-weight Llama-architecture decoder of about 26M parameters (hidden 512, 7 layers,
+ * vocab 8192), exported by the package's own graph builder: speed depends on shapes, not on weights.
+ * 1. Decode latency at equal cache length: plain transformers.js stepping from a 1024-token cache, against
+ *    attention sinks (4 + 1020) in steady state (evicting every token), with lazy eviction and with
+ *    compaction on every token (what copying the cache each step costs).
+ * 2. Memory over a long generation: KV bytes and process RSS sampled every 1000 tokens.
+ */
+import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import * as transformers from "@huggingface/transformers";
+import { BaseStreamer, DynamicCache, Tensor } from "@huggingface/transformers";
+import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
+import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
+import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
+import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
+
+const { values: flags } = parseArgs({
+  options: {
+    tokens: { type: "string", default: "20000" },
+    window: { type: "string", default: "1020" },
+    sinks: { type: "string", default: "4" },
+    steps: { type: "string", default: "256" },
+    rounds: { type: "string", default: "3" },
+  },
+});
+const SINKS = Number(flags.sinks);
+const WINDOW = Number(flags.window);
+const CAPACITY = SINKS + WINDOW;
+const STEPS = Number(flags.steps);
+const ROUNDS = Number(flags.rounds);
+const GENERATE_TOKENS = Number(flags.tokens);
+
+transformers.env.allowRemoteModels = false;
+
+const spec: DecoderSpec = {
+  vocab_size: 8192,
+  hidden_size: 512,
+  num_layers: 7,
+  num_heads: 8,
+  num_kv_heads: 8,
+  head_dim: 64,
+  intermediate_size: 1376,
+  norm: "rms",
+  norm_eps: 1e-5,
+  mlp: "swiglu",
+  positions: { kind: "rope", rope: { layout: "rotate_half", head_dim: 64, rotary_dim: 64, theta: 10000 } },
+  tie_word_embeddings: true,
+};
+
+async function writeModel(dir: string): Promise<number> {
+  const weights = randomDecoderWeights(spec, 1);
+  let parameters = 0;
+  for (const w of weights.values()) parameters += w.data.length;
+  await mkdir(join(dir, "onnx"), { recursive: true });
+  await writeFile(join(dir, "onnx", "model.onnx"), buildDecoderOnnx(spec, weights));
+  const config = {
+    model_type: "llama",
+    architectures: ["LlamaForCausalLM"],
+    vocab_size: spec.vocab_size,
+    hidden_size: spec.hidden_size,
+    intermediate_size: spec.intermediate_size,
+    num_hidden_layers: spec.num_layers,
+    num_attention_heads: spec.num_heads,
+    num_key_value_heads: spec.num_kv_heads,
+    head_dim: spec.head_dim,
+    max_position_embeddings: 4096,
+    rope_theta: 10000,
+    rms_norm_eps: spec.norm_eps,
+    tie_word_embeddings: true,
+    bos_token_id: 1,
+    eos_token_id: 2,
+  };
+  await writeFile(join(dir, "config.json"), JSON.stringify(config));
+  await writeFile(join(dir, "generation_config.json"), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }));
+  return parameters;
+}
+
+const token = (t: number) => new Tensor("int64", BigInt64Array.of(BigInt(t)), [1, 1]);
+const prompt = (n: number) => new Tensor("int64", BigInt64Array.from({ length: n }, (_, i) => BigInt(3 + (i * 7919) % 8000)), [1, n]);
+const ones = (n: number) => new Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
+
+/** Per-step milliseconds of plain transformers.js decoding from a cache of CAPACITY tokens. */
+async function plainSteps(model: transformers.PreTrainedModel, steps: number): Promise<number[]> {
+  let past: Record<string, Tensor> = {};
+  const rename = (out: Record<string, Tensor>) => {
+    const next: Record<string, Tensor> = {};
+    for (const [name, tensor] of Object.entries(out)) if (name.startsWith("present.")) next[name.replace("present.", "past_key_values.")] = tensor;
+    return next;
+  };
+  const cache = () => Object.assign(new DynamicCache(), past);
+  past = rename(await model.forward({ input_ids: prompt(CAPACITY), attention_mask: ones(CAPACITY), past_key_values: cache() }));
+  const times: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const start = performance.now();
+    const out = await model.forward({ input_ids: token(5 + s), attention_mask: ones(CAPACITY + s + 1), past_key_values: cache() });
+    times.push(performance.now() - start);
+    past = rename(out);
+  }
+  return times;
+}
+
+/** Per-step milliseconds of sink decoding in steady state (the cache full, evicting every step). */
+async function sinkSteps(model: Awaited<ReturnType<typeof AutoModelForCausalLM.from_pretrained>>, steps: number): Promise<number[]> {
+  const cache = new DynamicCache();
+  await model.forward({ input_ids: prompt(CAPACITY), past_key_values: cache });
+  for (let s = 0; s < 2 * model.attention_sinks.compaction_interval + 2; s++) await model.forward({ input_ids: token(4 + s), past_key_values: cache });
+  const times: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const start = performance.now();
+    await model.forward({ input_ids: token(5 + s), past_key_values: cache });
+    times.push(performance.now() - start);
+  }
+  return times;
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "attention-sinks-bench-"));
+  try {
+    const parameters = await writeModel(dir);
+    const kvPerToken = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * 4;
+    console.log(`model: random Llama, ${(parameters / 1e6).toFixed(1)}M parameters; cache ${SINKS} + ${WINDOW} tokens = ${((CAPACITY * kvPerToken) / 2 ** 20).toFixed(1)} MiB of KV`);
+    const plain = await transformers.AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true });
+    const lazy = await AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true, attention_sink_size: SINKS, attention_sink_window_size: WINDOW });
+    const eager = await AutoModelForCausalLM.from_pretrained(dir, {
+      local_files_only: true, attention_sink_size: SINKS, attention_sink_window_size: WINDOW, attention_sink_compaction_interval: 0,
+    });
+    const K = lazy.attention_sinks.compaction_interval;
+    // Plain steps cover cache lengths CAPACITY..CAPACITY+K, the range the lazy sink buffers cycle through.
+    const samples: Record<string, number[]> = { plain: [], lazy: [], eager: [] };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let r = 0; r < Math.ceil(STEPS / Math.max(1, K)); r++) samples.plain.push(...(await plainSteps(plain, Math.max(1, K))));
+      samples.lazy.push(...(await sinkSteps(lazy, STEPS)));
+      samples.eager.push(...(await sinkSteps(eager, STEPS)));
+    }
+    console.log("\ndecode latency per token (ms), cache length " + CAPACITY + (K ? `..${CAPACITY + K}` : ""));
+    console.log("                                          mean    median   ratio (mean)");
+    const row = (name: string, xs: number[]) =>
+      console.log(`${name.padEnd(40)} ${mean(xs).toFixed(3).padStart(7)} ${median(xs).toFixed(3).padStart(8)}   ${(mean(xs) / mean(samples.plain)).toFixed(3)}`);
+    row("plain transformers.js", samples.plain);
+    row(`attention sinks (compaction every ${K})`, samples.lazy);
+    row("attention sinks (compaction every token)", samples.eager);
+
+    // Memory over a long generation.
+    const cache = new DynamicCache();
+    const rows: { tokens: number; kv: number; buffers: number; rss: number }[] = [];
+    let produced = 0;
+    class MemoryProbe extends BaseStreamer {
+      override put(): void {
+        produced++;
+        if (produced % 1000 === 0) {
+          const stats = sinkCacheStats(cache)!;
+          rows.push({ tokens: stats.seen_tokens, kv: stats.kv_cache_bytes, buffers: stats.kv_buffer_bytes, rss: process.memoryUsage().rss });
+        }
+      }
+      override end(): void {}
+    }
+    const started = performance.now();
+    await lazy.generate({ input_ids: prompt(8), max_new_tokens: GENERATE_TOKENS, min_new_tokens: GENERATE_TOKENS, do_sample: false, past_key_values: cache, streamer: new MemoryProbe() as unknown as transformers.TextStreamer });
+    const seconds = (performance.now() - started) / 1000;
+    console.log(`\n${GENERATE_TOKENS} tokens generated in ${seconds.toFixed(1)} s (${(GENERATE_TOKENS / seconds).toFixed(1)} tokens/s)`);
+    console.log("tokens   kv_cache_bytes   kv_buffer_bytes   rss (MiB)");
+    for (const r of rows) console.log(`${String(r.tokens).padStart(6)}   ${String(r.kv).padStart(14)}   ${String(r.buffers).padStart(15)}   ${(r.rss / 2 ** 20).toFixed(1).padStart(9)}`);
+    const settled = rows.slice(Math.min(2, rows.length - 1));
+    const kvValues = new Set(settled.map((r) => r.kv));
+    const rss = settled.map((r) => r.rss);
+    console.log(`\nkv_cache_bytes after the cache filled: ${kvValues.size === 1 ? "constant" : "VARIES"} (${[...kvValues].join(", ")})`);
+    console.log(`RSS from ${rows[Math.min(2, rows.length - 1)]?.tokens} tokens on: min ${(Math.min(...rss) / 2 ** 20).toFixed(1)} MiB, max ${(Math.max(...rss) / 2 ** 20).toFixed(1)} MiB, spread ${(((Math.max(...rss) - Math.min(...rss)) / Math.min(...rss)) * 100).toFixed(1)}%`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,557 @@
+/**
+ * Builds an ONNX decoder that follows the transformers.js decoder contract from a DecoderSpec and its weights.
+ *
+ * Inputs: `input_ids` and `position_ids` [batch_size, sequence_length] (position_ids only for RoPE and learned
+ * positions), `attention_mask` [batch_size, total_sequence_length], and per layer `past_key_values.{i}.key|value`
+ * [batch_size, num_kv_heads, past_sequence_length, head_dim]. Outputs: `logits` and per layer
+ * `present.{i}.key|value` = Concat(past, new) along the sequence axis, keys stored after RoPE.
+ *
+ * With P cached slots and n new tokens, new token k sits at slot P + k and attends to slot j iff j <= P + k and
+ * attention_mask[b, j] == 1. RoPE and learned positions come only from `position_ids`, never from slot indices
+ * (RoPE angles are computed at run time, so positions past the trained length work): that is what lets an
+ * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
+ * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
+ */
+import { basename } from "node:path";
+import { rm } from "node:fs/promises";
+import {
+  weightShapes,
+  type DecoderSpec,
+  type DecoderWeights,
+  type WeightTensor,
+} from "../architecture/decoder_spec.js";
+import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
+import { alibiSlopes } from "../positions/alibi.js";
+import { GraphBuilder } from "./graph_builder.js";
+import { writeFilesAtomically, type FileContent } from "./model_file.js";
+import {
+  DataType,
+  encodeModel,
+  type AttributeDef,
+  type ExternalRange,
+  type GraphDef,
+  type ValueInfoDef,
+} from "./onnx_model.js";
+import type { Chunk, Deferred } from "./protobuf.js";
+import {
+  bytesPerElement,
+  checkWeightShape,
+  elementCount,
+  encodeStoredWeight,
+  storedByteLength,
+  storedDims,
+  type StoredWeight,
+  type WeightDtype,
+} from "./weight_storage.js";
+
+/** Supplies weights by name (see `weightShapes`); the builder loads each weight exactly once. */
+export interface WeightSource {
+  load(name: string): WeightTensor | Promise<WeightTensor>;
+}
+
+export interface OnnxExportOptions {
+  /** How weights are stored. Inputs, outputs, activations and the KV cache are float32 either way. Default fp32. */
+  dtype?: "fp32" | "fp16";
+  /**
+   * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
+   * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
+   */
+  external_data_threshold_bytes?: number;
+}
+
+const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.9e9;
+const PROTOBUF_MAX_BYTES = 2 ** 31 - 1;
+/**
+ * Added to the scores of slots a query may not see. Finite on purpose: a query whose slots are all masked
+ * (a left-padding position) then gets an arbitrary but finite output instead of NaN.
+ */
+const MASKED_SCORE = -1e9;
+
+/** Builds the whole model in memory (weights inline); for models over 2 GiB use `writeDecoderOnnx`. */
+export function buildDecoderOnnx(
+  spec: DecoderSpec,
+  weights: DecoderWeights,
+  options: OnnxExportOptions = {},
+): Uint8Array {
+  validateSpec(spec);
+  for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
+  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", inlineWeight));
+  const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
+  let offset = 0;
+  for (const chunk of chunks) {
+    const bytes =
+      chunk instanceof Uint8Array ? chunk : encodeStoredWeight(chunk.payload, weights.get(chunk.payload.name)!);
+    model.set(bytes, offset);
+    offset += bytes.byteLength;
+  }
+  return model;
+}
+
+/**
+ * Writes the model to `path`, streaming: every length is computed from the spec's shapes first, then weights
+ * are loaded and written one at a time. Output appears atomically (written as `.partial`, then renamed); on
+ * error nothing is left behind. Large models put their weights in `<path>_data` (ONNX external data).
+ */
+export async function writeDecoderOnnx(
+  spec: DecoderSpec,
+  weights: WeightSource,
+  path: string,
+  options: OnnxExportOptions = {},
+): Promise<void> {
+  validateSpec(spec);
+  const dtype = options.dtype ?? "fp32";
+  let weightBytes = 0;
+  for (const shape of weightShapes(spec).values()) weightBytes += elementCount(shape) * bytesPerElement(dtype);
+  const external = weightBytes > (options.external_data_threshold_bytes ?? DEFAULT_EXTERNAL_DATA_THRESHOLD);
+
+  const dataPath = `${path}_data`;
+  const externalOrder: StoredWeight[] = [];
+  let dataOffset = 0;
+  const placeExternally = (weight: StoredWeight): ExternalRange => {
+    const range = { location: basename(dataPath), offset: dataOffset, length: storedByteLength(weight) };
+    dataOffset += range.length;
+    externalOrder.push(weight);
+    return range;
+  };
+  const chunks = encodeModel(decoderGraph(spec, dtype, external ? placeExternally : inlineWeight));
+  protobufSize(chunks, "lower external_data_threshold_bytes");
+
+  const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
+    const tensor = await weights.load(weight.name);
+    checkWeightShape(weight.name, weight.shape, tensor);
+    return encodeStoredWeight(weight, tensor);
+  };
+  const modelFile: FileContent = {
+    path,
+    async write(sink) {
+      for (const chunk of chunks) {
+        await sink.write(chunk instanceof Uint8Array ? chunk : await loadStored(chunk.payload));
+      }
+    },
+  };
+  if (!external) {
+    await writeFilesAtomically([modelFile]);
+    // A data file from an earlier export of this path would describe weights the new model does not use.
+    await rm(dataPath, { force: true });
+    return;
+  }
+  const dataFile: FileContent = {
+    path: dataPath,
+    async write(sink) {
+      for (const weight of externalOrder) await sink.write(await loadStored(weight));
+    },
+  };
+  await writeFilesAtomically([dataFile, modelFile]);
+}
+
+function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {
+  return { byteLength: storedByteLength(weight), payload: weight };
+}
+
+/** The encoded size, checked against the limit every protobuf reader enforces. */
+function protobufSize(chunks: readonly Chunk<StoredWeight>[], remedy: string): number {
+  const size = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
+  if (size > PROTOBUF_MAX_BYTES) {
+    throw new Error(`the ONNX model would take ${size} bytes, over protobuf's 2 GiB limit: ${remedy}`);
+  }
+  return size;
+}
+
+function validateSpec(spec: DecoderSpec): void {
+  const fail = (message: string): never => {
+    throw new Error(`invalid DecoderSpec: ${message}`);
+  };
+  const counts = [
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "intermediate_size",
+  ] as const;
+  for (const key of counts) {
+    if (!Number.isInteger(spec[key]) || spec[key] < 1) fail(`${key} must be a positive integer, got ${spec[key]}`);
+  }
+  if (spec.num_heads % spec.num_kv_heads !== 0) {
+    fail(`num_heads (${spec.num_heads}) must be a multiple of num_kv_heads (${spec.num_kv_heads})`);
+  }
+  if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
+  if (!(spec.norm_eps >= 0)) fail(`norm_eps must be a non-negative number, got ${spec.norm_eps}`);
+  if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
+  const positions = spec.positions;
+  switch (positions.kind) {
+    case "rope": {
+      const { head_dim, rotary_dim, theta, layout } = positions.rope;
+      if (head_dim !== spec.head_dim) fail(`rope.head_dim (${head_dim}) differs from head_dim (${spec.head_dim})`);
+      if (!Number.isInteger(rotary_dim) || rotary_dim < 2 || rotary_dim % 2 !== 0 || rotary_dim > head_dim) {
+        fail(`rope.rotary_dim must be even and in [2, head_dim = ${head_dim}], got ${rotary_dim}`);
+      }
+      if (!(theta > 0)) fail(`rope.theta must be positive, got ${theta}`);
+      if (layout !== "rotate_half" && layout !== "interleaved") fail(`unknown rope.layout ${String(layout)}`);
+      break;
+    }
+    case "alibi":
+      if (positions.positions !== "mask_cumsum" && positions.positions !== "key_index") {
+        fail(`unknown alibi positions ${String(positions.positions)}`);
+      }
+      break;
+    case "learned":
+      if (!Number.isInteger(positions.max_positions) || positions.max_positions < 1) {
+        fail(`learned max_positions must be a positive integer, got ${positions.max_positions}`);
+      }
+      break;
+    default:
+      fail(`unknown positions kind ${String((positions as { kind: unknown }).kind)}`);
+  }
+}
+
+const intAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "int", value });
+const intsAttribute = (name: string, value: readonly number[]): AttributeDef => ({ name, kind: "ints", value });
+const floatAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "float", value });
+
+/** Decides where a weight's bytes go: inline (produced at write time) or a range of the external data file. */
+type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> | ExternalRange;
+
+/** Per-forward values every layer's attention shares. */
+interface AttentionInputs {
+  /** Added to the scores: [batch, 1 or num_heads, sequence_length, total_sequence_length]. */
+  bias: string;
+  rotary?: RotaryTables;
+}
+
+/** Cache slot indices of the new tokens (query slots) and of every slot (key slots), int64. */
+interface SlotIndices {
+  /** [n] */
+  querySlots: string;
+  /** [n, 1] */
+  queryColumn: string;
+  /** [1, T] */
+  keyRow: string;
+}
+
+/**
+ * RoPE as x' = x * cos + x[partner] * sin over the rotating dims, where `partner` maps each dim to the other
+ * member of its pair and `sin` carries the pair's sign; this covers both pair layouts with one formula.
+ */
+interface RotaryTables {
+  /** [batch, 1, sequence_length, rotary_dim] */
+  cos: string;
+  sin: string;
+  /** int64 [rotary_dim]: the index of each dim's pair partner. */
+  partner: string;
+  rotaryDim: number;
+}
+
+function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
+  return new DecoderGraph(spec, dtype, place).build();
+}
+
+class DecoderGraph {
+  private readonly g = new GraphBuilder<StoredWeight>();
+  private readonly shapes: Map<string, number[]>;
+  /** Graph value of each stored weight, so a weight used twice is stored (and loaded) once. */
+  private readonly weightValues = new Map<string, string>();
+
+  constructor(
+    private readonly spec: DecoderSpec,
+    private readonly dtype: WeightDtype,
+    private readonly place: WeightPlacement,
+  ) {
+    this.shapes = weightShapes(spec);
+  }
+
+  build(): GraphDef<StoredWeight> {
+    const { spec, g } = this;
+    const { num_kv_heads, head_dim } = spec;
+    const inputs: ValueInfoDef[] = [
+      { name: "input_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] },
+      { name: "attention_mask", elemType: DataType.INT64, dims: ["batch_size", "total_sequence_length"] },
+    ];
+    if (spec.positions.kind !== "alibi") {
+      inputs.push({ name: "position_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] });
+    }
+    const outputs: ValueInfoDef[] = [
+      { name: "logits", elemType: DataType.FLOAT, dims: ["batch_size", "sequence_length", spec.vocab_size] },
+    ];
+    for (let i = 0; i < spec.num_layers; i++) {
+      for (const kind of ["key", "value"]) {
+        const pastDims = ["batch_size", num_kv_heads, "past_sequence_length", head_dim];
+        inputs.push({ name: `past_key_values.${i}.${kind}`, elemType: DataType.FLOAT, dims: pastDims });
+        const presentDims = ["batch_size", num_kv_heads, "total_sequence_length", head_dim];
+        outputs.push({ name: `present.${i}.${kind}`, elemType: DataType.FLOAT, dims: presentDims });
+      }
+    }
+
+    const embedTokens = this.weight("model.embed_tokens.weight");
+    let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
+    if (spec.positions.kind === "learned") {
+      const embedPositions = this.weight("model.embed_positions.weight");
+      const positions = g.op("Gather", [embedPositions, "position_ids"], "model.embed_positions.output", [
+        intAttribute("axis", 0),
+      ]);
+      hidden = g.op("Add", [hidden, positions], "model.embeddings");
+    }
+    const attention = this.attentionInputs();
+    for (let i = 0; i < spec.num_layers; i++) hidden = this.layer(i, hidden, attention);
+    const normed = this.norm("model.norm", hidden);
+    const outputProjection = spec.tie_word_embeddings
+      ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
+      : this.weight("lm_head.weight", true);
+    g.op("MatMul", [normed, outputProjection], "logits");
+    return { name: "decoder", nodes: g.nodes, initializers: g.initializers, inputs, outputs };
+  }
+
+  /** A float32 graph value holding a checkpoint weight, `transposed` to [in, out] for linear layers. */
+  private weight(name: string, transposed = false): string {
+    const storedName = transposed ? `${name}.T` : name;
+    const known = this.weightValues.get(storedName);
+    if (known !== undefined) return known;
+    const shape = this.shapes.get(name);
+    if (!shape) throw new Error(`internal: the graph uses ${name}, which weightShapes does not list`);
+    const stored: StoredWeight = { name, shape, transposed, dtype: this.dtype };
+    let value = this.g.initializer({
+      name: storedName,
+      dataType: this.dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT,
+      dims: storedDims(stored),
+      data: this.place(stored),
+    });
+    if (this.dtype === "fp16") {
+      value = this.g.op("Cast", [value], `${storedName}.float32`, [intAttribute("to", DataType.FLOAT)]);
+    }
+    this.weightValues.set(storedName, value);
+    return value;
+  }
+
+  private unsqueeze(input: string, axes: readonly number[], output: string): string {
+    return this.g.op("Unsqueeze", [input, this.g.int64(axes)], output);
+  }
+
+  /** A dimension of a graph input as an int64 scalar. */
+  private dimension(input: string, axis: number, output: string): string {
+    const shape = this.g.op("Shape", [input], `${input}.shape`);
+    return this.g.op("Gather", [shape, this.g.int64([axis], [])], output, [intAttribute("axis", 0)]);
+  }
+
+  /** The causal + padding mask bias, ALiBi bias and RoPE tables, computed once per forward. */
+  private attentionInputs(): AttentionInputs {
+    const { g, spec } = this;
+    const one = g.int64([1], []);
+    const pastLength = this.dimension("past_key_values.0.key", 2, "attention.past_length");
+    const newLength = this.dimension("input_ids", 1, "attention.new_length");
+    const totalLength = this.dimension("attention_mask", 1, "attention.total_length");
+    const keySlots = g.op("Range", [g.int64([0], []), totalLength, one], "attention.key_slots");
+    const queryEnd = g.op("Add", [pastLength, newLength], "attention.query_end");
+    const querySlots = g.op("Range", [pastLength, queryEnd, one], "attention.query_slots");
+    const slots: SlotIndices = {
+      querySlots,
+      keyRow: this.unsqueeze(keySlots, [0], "attention.key_slots.row"), // [1, T]
+      queryColumn: this.unsqueeze(querySlots, [1], "attention.query_slots.column"), // [n, 1]
+    };
+
+    const causal = g.op("LessOrEqual", [slots.keyRow, slots.queryColumn], "attention.causal"); // [n, T]
+    const attended = g.op("Equal", ["attention_mask", one], "attention.attended"); // [B, T]
+    const attended4d = this.unsqueeze(attended, [1, 2], "attention.attended.4d"); // [B, 1, 1, T]
+    const allowed = g.op("And", [causal, attended4d], "attention.allowed"); // [B, 1, n, T]
+    const blocked = g.float32([MASKED_SCORE], []);
+    let bias = g.op("Where", [allowed, g.float32([0], []), blocked], "attention.mask_bias");
+
+    const positions = spec.positions;
+    if (positions.kind === "alibi") {
+      bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
+    }
+    return { bias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
+  }
+
+  /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
+  private alibiBias(positions: "mask_cumsum" | "key_index", slots: SlotIndices): string {
+    const { g, spec } = this;
+    let distance: string;
+    if (positions === "key_index") {
+      distance = g.op("Sub", [slots.queryColumn, slots.keyRow], "alibi.distance"); // [n, T]
+    } else {
+      // Only attended slots count: pos(j) = cumsum(mask)[j] - 1.
+      const counted = g.op("CumSum", ["attention_mask", g.int64([1], [])], "alibi.attended_count");
+      const slotPositions = g.op("Sub", [counted, g.int64([1], [])], "alibi.slot_positions"); // [B, T]
+      const queryPositions = g.op("Gather", [slotPositions, slots.querySlots], "alibi.query_positions", [
+        intAttribute("axis", 1),
+      ]); // [B, n]
+      const difference = g.op(
+        "Sub",
+        [
+          this.unsqueeze(queryPositions, [2], "alibi.query_positions.column"),
+          this.unsqueeze(slotPositions, [1], "alibi.slot_positions.row"),
+        ],
+        "alibi.position_difference",
+      ); // [B, n, T]
+      distance = this.unsqueeze(difference, [1], "alibi.distance"); // [B, 1, n, T]
+    }
+    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope);
+    const slopes = g.float32(negativeSlopes, [spec.num_heads, 1, 1], "alibi.negative_slopes");
+    const distanceFloat = g.op("Cast", [distance], "alibi.distance.float", [intAttribute("to", DataType.FLOAT)]);
+    return g.op("Mul", [distanceFloat, slopes], "alibi.bias");
+  }
+
+  private rotaryTables(rope: RopeSpec): RotaryTables {
+    const { g } = this;
+    const half = rope.rotary_dim / 2;
+    const inverseFrequencies = g.float32(ropeInverseFrequencies(rope), [half], "rope.inv_freq");
+    const positions = g.op("Cast", ["position_ids"], "rope.positions", [intAttribute("to", DataType.FLOAT)]);
+    const positionColumn = this.unsqueeze(positions, [2], "rope.positions.column"); // [B, n, 1]
+    const angles = g.op("Mul", [positionColumn, inverseFrequencies], "rope.angles"); // [B, n, rotary_dim / 2]
+    let cos = g.op("Cos", [angles], "rope.cos");
+    let sin = g.op("Sin", [angles], "rope.sin");
+    const factor = ropeAttentionFactor(rope);
+    if (factor !== 1) {
+      cos = g.op("Mul", [cos, g.float32([factor], [])], "rope.cos.scaled");
+      sin = g.op("Mul", [sin, g.float32([factor], [])], "rope.sin.scaled");
+    }
+
+    const frequency = new Array<number>(rope.rotary_dim);
+    const partner = new Array<number>(rope.rotary_dim);
+    const sign = new Array<number>(rope.rotary_dim);
+    for (let i = 0; i < half; i++) {
+      const [first, second] = rope.layout === "rotate_half" ? [i, i + half] : [2 * i, 2 * i + 1];
+      frequency[first] = frequency[second] = i;
+      partner[first] = second;
+      partner[second] = first;
+      sign[first] = -1; // first' = first * cos - second * sin
+      sign[second] = 1; // second' = second * cos + first * sin
+    }
+    const frequencyIndex = g.int64(frequency);
+    const axis2 = [intAttribute("axis", 2)];
+    const cosPerDim = g.op("Gather", [cos, frequencyIndex], "rope.cos.per_dim", axis2);
+    const sinPerDim = g.op("Gather", [sin, frequencyIndex], "rope.sin.per_dim", axis2);
+    const signedSin = g.op("Mul", [sinPerDim, g.float32(sign)], "rope.sin.signed");
+    return {
+      cos: this.unsqueeze(cosPerDim, [1], "rope.cos.by_head"),
+      sin: this.unsqueeze(signedSin, [1], "rope.sin.by_head"),
+      partner: g.int64(partner),
+      rotaryDim: rope.rotary_dim,
+    };
+  }
+
+  /** Rotates the leading rotary_dim dims of x [B, heads, n, head_dim]; the rest pass through. */
+  private rotate(x: string, tables: RotaryTables): string {
+    const { g, spec } = this;
+    const { rotaryDim } = tables;
+    let rotating = x;
+    let passing: string | undefined;
+    if (rotaryDim < spec.head_dim) {
+      rotating = `${x}.rotating`;
+      passing = `${x}.passing`;
+      const sizes = g.int64([rotaryDim, spec.head_dim - rotaryDim]);
+      g.multiOutputOp("Split", [x, sizes], [rotating, passing], [intAttribute("axis", 3)]);
+    }
+    const partners = g.op("Gather", [rotating, tables.partner], `${x}.partners`, [intAttribute("axis", 3)]);
+    const rotated = g.op(
+      "Add",
+      [
+        g.op("Mul", [rotating, tables.cos], `${x}.times_cos`),
+        g.op("Mul", [partners, tables.sin], `${x}.partners_times_sin`),
+      ],
+      `${x}.rotated`,
+    );
+    if (passing === undefined) return rotated;
+    return g.op("Concat", [rotated, passing], `${x}.with_rope`, [intAttribute("axis", 3)]);
+  }
+
+  private layer(index: number, x: string, attention: AttentionInputs): string {
+    const prefix = `model.layers.${index}`;
+    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention);
+    const h = this.g.op("Add", [x, attended], `${prefix}.attention_residual`);
+    const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
+    return this.g.op("Add", [h, mlp], `${prefix}.output`);
+  }
+
+  private attention(index: number, x: string, inputs: AttentionInputs): string {
+    const { g, spec } = this;
+    const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
+    const prefix = `model.layers.${index}.self_attn`;
+    const project = (name: "q" | "k" | "v", count: number) => {
+      const flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
+      return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
+    };
+    let queries = project("q", heads);
+    let keys = project("k", kvHeads);
+    const values = project("v", kvHeads);
+    if (inputs.rotary) {
+      queries = this.rotate(queries, inputs.rotary);
+      keys = this.rotate(keys, inputs.rotary);
+    }
+    const axis2 = [intAttribute("axis", 2)];
+    const allKeys = g.op("Concat", [`past_key_values.${index}.key`, keys], `present.${index}.key`, axis2);
+    const allValues = g.op("Concat", [`past_key_values.${index}.value`, values], `present.${index}.value`, axis2);
+
+    // GQA without copying keys: the query heads sharing a KV head are stacked along the sequence axis
+    // ([B, H, n, D] -> [B, kvH, group * n, D]), so one MatMul per KV head serves its whole group.
+    const grouped = heads !== kvHeads;
+    const regroup = (value: string, shape: number[], output: string) =>
+      grouped ? g.op("Reshape", [value, g.int64(shape)], output) : value;
+    const scaled = g.op("Mul", [queries, g.float32([1 / Math.sqrt(headDim)], [])], `${prefix}.q.scaled`);
+    const groupedQueries = regroup(scaled, [0, kvHeads, -1, headDim], `${prefix}.q.grouped`);
+    const keysTransposed = g.op("Transpose", [allKeys], `${prefix}.k.transposed`, [
+      intsAttribute("perm", [0, 1, 3, 2]),
+    ]);
+    const groupedScores = g.op("MatMul", [groupedQueries, keysTransposed], `${prefix}.scores.grouped`);
+    const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
+    const biased = g.op("Add", [scores, inputs.bias], `${prefix}.scores.biased`);
+    const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
+    const groupedProbabilities = regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`);
+    const groupedContext = g.op("MatMul", [groupedProbabilities, allValues], `${prefix}.context.grouped`);
+    const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
+    const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
+    const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
+    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+  }
+
+  private norm(prefix: string, x: string): string {
+    const { g, spec } = this;
+    const weight = this.weight(`${prefix}.weight`);
+    if (spec.norm === "layer") {
+      return g.op("LayerNormalization", [x, weight, this.weight(`${prefix}.bias`)], `${prefix}.output`, [
+        intAttribute("axis", -1),
+        floatAttribute("epsilon", spec.norm_eps),
+      ]);
+    }
+    // RMSNorm written out (the fused op needs opset 23): x / sqrt(mean(x^2) + eps) * w.
+    const squared = g.op("Pow", [x, g.float32([2], [])], `${prefix}.squared`);
+    const meanSquare = g.op("ReduceMean", [squared], `${prefix}.mean_square`, [
+      intsAttribute("axes", [-1]),
+      intAttribute("keepdims", 1),
+    ]);
+    const withEps = g.op("Add", [meanSquare, g.float32([spec.norm_eps], [])], `${prefix}.mean_square_eps`);
+    const rms = g.op("Sqrt", [withEps], `${prefix}.rms`);
+    const normalized = g.op("Div", [x, rms], `${prefix}.normalized`);
+    return g.op("Mul", [normalized, weight], `${prefix}.output`);
+  }
+
+  private mlp(layerPrefix: string, x: string): string {
+    const { g, spec } = this;
+    const prefix = `${layerPrefix}.mlp`;
+    const linear = (name: string, input: string) =>
+      g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
+    if (spec.mlp === "swiglu") {
+      const gate = linear("gate_proj", x);
+      const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`);
+      const product = g.op("Mul", [silu, linear("up_proj", x)], `${prefix}.gated`);
+      return linear("down_proj", product);
+    }
+    const up = g.op("Add", [linear("up_proj", x), this.weight(`${prefix}.up_proj.bias`)], `${prefix}.up_proj.biased`);
+    const activated = this.geluTanh(up, `${prefix}.gelu`);
+    return g.op("Add", [linear("down_proj", activated), this.weight(`${prefix}.down_proj.bias`)], `${prefix}.output`);
+  }
+
+  /** 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), written out (the Gelu op needs opset 20). */
+  private geluTanh(x: string, prefix: string): string {
+    const { g } = this;
+    const cube = g.op("Mul", [g.op("Mul", [x, x], `${prefix}.square`), x], `${prefix}.cube`);
+    const cubeScaled = g.op("Mul", [cube, g.float32([0.044715], [])], `${prefix}.cube_scaled`);
+    const inner = g.op("Add", [x, cubeScaled], `${prefix}.inner`);
+    const scaled = g.op("Mul", [inner, g.float32([Math.sqrt(2 / Math.PI)], [])], `${prefix}.inner_scaled`);
+    const tanh = g.op("Tanh", [scaled], `${prefix}.tanh`);
+    const tanhPlusOne = g.op("Add", [tanh, g.float32([1], [])], `${prefix}.tanh_plus_one`);
+    return g.op("Mul", [g.op("Mul", [x, g.float32([0.5], [])], `${prefix}.half_x`), tanhPlusOne], `${prefix}.output`);
+  }
+}

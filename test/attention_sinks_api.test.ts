@@ -1,0 +1,140 @@
+/** Batches, cache bounds, and every error a user can run into. */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { cp, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DynamicCache } from "@huggingface/transformers";
+import {
+  AttentionSinkOptionError,
+  AutoModelForCausalLM,
+  LlamaForCausalLM,
+  SinkCacheError,
+  UnsupportedModelError,
+  pipeline,
+  sinkCacheStats,
+} from "../src/index.js";
+import * as transformers from "@huggingface/transformers";
+import { StreamingReference } from "../src/reference/streaming_reference.js";
+import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./helpers/streaming.js";
+
+describe("batches", () => {
+  it("rows of equal length stream independently, each equal to the oracle", async () => {
+    const f = await fixture("llama");
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true, attention_sink_size: 2, attention_sink_window_size: 6 });
+    const rows = [tokenStream(30, f.spec.vocab_size, 1), tokenStream(30, f.spec.vocab_size, 2)];
+    const refs = rows.map(() => new StreamingReference(f.spec, f.weights, { sink_size: 2, window_size: 6 }));
+    const cache = new DynamicCache();
+    for (let t = 0; t < 30; t++) {
+      const out = await model.forward({ input_ids: ids([rows[0][t], rows[1][t]], 2), past_key_values: cache });
+      for (let b = 0; b < 2; b++) {
+        const expected = refs[b].forward([rows[b][t]])[0];
+        assert.ok(maxAbsDiff(logitsAt(out.logits, b, 0), expected) < 1e-4, `row ${b} token ${t}`);
+      }
+    }
+    await assert.rejects(
+      model.forward({ input_ids: ids([1]), past_key_values: cache }),
+      (e: Error) => e instanceof SinkCacheError && /streams 2 row\(s\); got a batch of 1/.test(e.message),
+    );
+  });
+
+  it("padded batches are refused with a clear error", async () => {
+    const f = await fixture("llama");
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    await assert.rejects(
+      model.generate({ input_ids: ids([0, 5, 6, 7, 8, 9], 2), attention_mask: ids([0, 1, 1, 1, 1, 1], 2), max_new_tokens: 2 }),
+      (e: Error) => e instanceof SinkCacheError && /padded batches are not supported/.test(e.message),
+    );
+  });
+});
+
+describe("cache bounds", () => {
+  it("the attended tokens never exceed sink + window, KV bytes are constant once full, buffers stay bounded", async () => {
+    const f = await fixture("gpt_neox");
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, {
+      local_files_only: true, attention_sink_size: 4, attention_sink_window_size: 20, attention_sink_compaction_interval: 6,
+    });
+    const { capacity, compaction_interval } = model.attention_sinks;
+    assert.equal(compaction_interval, 6);
+    const cache = new DynamicCache();
+    const perToken = 2 * f.spec.num_layers * f.spec.num_kv_heads * f.spec.head_dim * 4;
+    const kvBytes = new Set<number>();
+    for (const t of tokenStream(200, f.spec.vocab_size, 9)) {
+      await model.forward({ input_ids: ids([t]), past_key_values: cache });
+      const stats = sinkCacheStats(cache)!;
+      assert.ok(stats.cached_tokens <= capacity);
+      assert.ok(stats.kv_buffer_bytes <= (capacity + compaction_interval) * perToken);
+      if (stats.seen_tokens >= capacity) kvBytes.add(stats.kv_cache_bytes);
+    }
+    assert.deepEqual([...kvBytes], [capacity * perToken]);
+    assert.equal(sinkCacheStats(cache)!.seen_tokens, 200);
+  });
+
+  it("a DynamicCache filled without attention sinks is refused", async () => {
+    const f = await fixture("llama");
+    const plain = await transformers.AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    const result = (await plain.generate({ input_ids: ids([3, 4, 5]), max_new_tokens: 2, return_dict_in_generate: true })) as { past_key_values: DynamicCache };
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    await assert.rejects(
+      model.forward({ input_ids: ids([6]), past_key_values: result.past_key_values }),
+      /already holds tokens from a model without attention sinks/,
+    );
+  });
+});
+
+describe("errors", () => {
+  it("names the wrong option", async () => {
+    const f = await fixture("llama", 64);
+    const cases: [object, RegExp][] = [
+      [{ attention_sink_size: -1 }, /attention_sink_size must be at least 0/],
+      [{ attention_sink_window_size: 2.5 }, /attention_sink_window_size must be an integer/],
+      [{ attention_sink_size: 4, attention_sink_window_size: 61 }, /4 \+ 61 = 65 exceeds the 64 positions/],
+    ];
+    for (const [options, message] of cases) {
+      await assert.rejects(
+        AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true, ...options }),
+        (e: Error) => e instanceof AttentionSinkOptionError && message.test(e.message),
+      );
+    }
+  });
+
+  it("position_ids and empty inputs are refused", async () => {
+    const f = await fixture("llama");
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    await assert.rejects(model.forward({ input_ids: ids([1, 2]), position_ids: ids([0, 1]) }), /the cache assigns positions/);
+    await assert.rejects(model.forward({ input_ids: ids([]) }), /input_ids is empty/);
+  });
+
+  it("an unsupported model_type lists the supported ones", async () => {
+    const f = await fixture("gpt2");
+    const dir = await mkdtemp(join(tmpdir(), "attention-sinks-jais-"));
+    await cp(f.dir, dir, { recursive: true });
+    const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
+    await writeFile(join(dir, "config.json"), JSON.stringify({ ...config, model_type: "jais", architectures: ["JAISLMHeadModel"] }));
+    await assert.rejects(
+      AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true }),
+      (e: Error) => e instanceof UnsupportedModelError && /"jais" is not supported/.test(e.message) && /gpt2, gpt_neo, gpt_neox, gptj/.test(e.message),
+    );
+  });
+});
+
+describe("drop-in entry points", () => {
+  it("per-family classes and pipeline() stream with the sink options", async () => {
+    const f = await fixture("llama");
+    const model = await LlamaForCausalLM.from_pretrained(f.dir, { local_files_only: true, attention_sink_size: 1, attention_sink_window_size: 7 });
+    assert.ok(model instanceof LlamaForCausalLM);
+    assert.ok(model instanceof transformers.LlamaForCausalLM);
+    assert.equal(model.attention_sinks.capacity, 8);
+    const pipe = await pipeline("text-generation", f.dir, { local_files_only: true, attention_sink_size: 2, attention_sink_window_size: 5 });
+    const streaming = (pipe as unknown as { model: { attention_sinks: { sink_size: number; window_size: number } } }).model;
+    assert.deepEqual([streaming.attention_sinks.sink_size, streaming.attention_sinks.window_size], [2, 5]);
+  });
+
+  it("defaults to 4 sinks and a 1020 window where the model addresses that many positions", async () => {
+    const f = await fixture("llama", 2048);
+    const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    assert.equal(model.attention_sinks.sink_size, 4);
+    assert.equal(model.attention_sinks.window_size, 1020);
+    assert.equal(model.attention_sinks.positions, "rope");
+  });
+});
