@@ -195,6 +195,11 @@ export class SinkCacheState {
   finishForward(presentKeys: Tensor[], presentValues: Tensor[], ids: ArrayLike<bigint>, stride: number, start: number, n: number): void {
     for (let i = 0; i < this.layout.num_layers; i++) {
       const key = presentKeys[i];
+      if (key.location !== "cpu") {
+        throw new SinkCacheError(
+          `attention-sinks moves keys on the CPU; this session returns its KV cache as "${key.location}": keep session outputs on the CPU (the transformers.js default)`,
+        );
+      }
       if (key.type !== "float32" || presentValues[i].type !== "float32") {
         throw new SinkCacheError(
           `attention-sinks moves keys in float32; this model's KV cache is ${key.type}: load it with dtype "fp32" (or a quantized dtype whose cache is float32)`,
