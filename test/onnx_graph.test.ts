@@ -66,7 +66,9 @@ async function runOrt(session: InferenceSession, spec: DecoderSpec, inputs: Naiv
   }
   const out = await session.run(feeds);
   const present: OrtTensor[] = [];
-  for (let i = 0; i < spec.num_layers; i++) present.push(out[`present.${i}.key`] as OrtTensor, out[`present.${i}.value`] as OrtTensor);
+  for (let i = 0; i < spec.num_layers; i++) {
+    present.push(out[`present.${i}.key`] as OrtTensor, out[`present.${i}.value`] as OrtTensor);
+  }
   return { logits: out.logits as OrtTensor, present };
 }
 
@@ -86,7 +88,10 @@ describe("decoder graph matches a naive float64 forward", () => {
       const { spec, weights } = fixture(variant);
       const session = await InferenceSession.create(buildDecoderOnnx(spec, weights));
 
-      const pastNames = Array.from({ length: spec.num_layers }, (_, i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]).flat();
+      const pastNames = Array.from({ length: spec.num_layers }, (_, i) => [
+        `past_key_values.${i}.key`,
+        `past_key_values.${i}.value`,
+      ]).flat();
       const positionInput = usesPositionIds(spec) ? ["position_ids"] : [];
       assert.deepEqual(session.inputNames, ["input_ids", "attention_mask", ...positionInput, ...pastNames]);
       assert.deepEqual(session.outputNames, ["logits", ...pastNames.map((name) => name.replace("past_key_values", "present"))]);
@@ -116,7 +121,11 @@ describe("decoder graph matches a naive float64 forward", () => {
         { tokens: [[14], [6]], positions: [[far + 8], [far + 6]] },
       ];
 
-      let inputs: NaiveInputs = { inputIds: tokens, attentionMask: mask, positionIds: usesPositionIds(spec) ? positions : undefined };
+      let inputs: NaiveInputs = {
+        inputIds: tokens,
+        attentionMask: mask,
+        positionIds: usesPositionIds(spec) ? positions : undefined,
+      };
       let expected = naiveForward(spec, weights, inputs);
       let actual = await runOrt(session, spec, inputs, undefined);
       const check = (label: string) => {
@@ -149,7 +158,7 @@ describe("decoder graph matches a naive float64 forward", () => {
             const data = Float32Array.from(tensor.data as Float32Array);
             const [batch, kvHeads, length, headDim] = tensor.dims;
             for (let g = 0; g < kvHeads; g++) {
-              const at = ((0 * kvHeads + g) * length + step.maskSlot) * headDim;
+              const at = (g * length + step.maskSlot) * headDim; // batch row 0
               data.fill(1000 * (g + 1), at, at + headDim);
             }
             return new OrtTensor("float32", data, [batch, kvHeads, length, headDim]);
@@ -314,7 +323,8 @@ describe("export", () => {
           return weights.get(name)!;
         },
       };
-      await assert.rejects(writeDecoderOnnx(spec, failing, join(dir, "model.onnx"), { external_data_threshold_bytes }), /disk on fire/);
+      const written = writeDecoderOnnx(spec, failing, join(dir, "model.onnx"), { external_data_threshold_bytes });
+      await assert.rejects(written, /disk on fire/);
       assert.deepEqual(await readdir(dir), []);
     }
   });
@@ -334,7 +344,10 @@ describe("export", () => {
     const missing = new Map(weights);
     missing.delete("lm_head.weight");
     assert.throws(() => buildDecoderOnnx(spec, missing), /weight lm_head\.weight: missing \(expected shape \[64, 32\]\)/);
-    assert.throws(() => buildDecoderOnnx({ ...spec, num_kv_heads: 3 }, weights), /num_heads \(4\) must be a multiple of num_kv_heads \(3\)/);
+    assert.throws(
+      () => buildDecoderOnnx({ ...spec, num_kv_heads: 3 }, weights),
+      /num_heads \(4\) must be a multiple of num_kv_heads \(3\)/,
+    );
     const rope = spec.positions.kind === "rope" ? spec.positions.rope : assert.fail("llama uses rope");
     assert.throws(
       () => buildDecoderOnnx({ ...spec, positions: { kind: "rope", rope: { ...rope, rotary_dim: 5 } } }, weights),

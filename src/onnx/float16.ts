@@ -6,7 +6,11 @@ const scratchBits = new Uint32Array(scratch.buffer);
 /** The float16 bit pattern nearest to a float32 value (round to nearest, ties to even). */
 export function float32ToFloat16Bits(value: number): number {
   scratch[0] = value;
-  const bits = scratchBits[0];
+  return float32BitsToFloat16Bits(scratchBits[0]);
+}
+
+/** As `float32ToFloat16Bits`, from the float32 bit pattern (lets bulk conversion skip a float round trip). */
+export function float32BitsToFloat16Bits(bits: number): number {
   const sign = (bits >>> 16) & 0x8000;
   const exponent = (bits >>> 23) & 0xff;
   const mantissa = bits & 0x7fffff;

@@ -18,7 +18,12 @@ export class GraphBuilder<T> {
   }
 
   /** Adds a node with several outputs (e.g. Split). */
-  multiOutputOp(opType: string, inputs: readonly string[], outputs: readonly string[], attributes: readonly AttributeDef[]): void {
+  multiOutputOp(
+    opType: string,
+    inputs: readonly string[],
+    outputs: readonly string[],
+    attributes: readonly AttributeDef[],
+  ): void {
     for (const output of outputs) this.claim(output);
     this.nodes.push({ name: outputs[0], opType, inputs, outputs, attributes });
   }

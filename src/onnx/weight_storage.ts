@@ -3,7 +3,7 @@
  * reads them directly, optionally converted to float16.
  */
 import type { WeightTensor } from "../architecture/decoder_spec.js";
-import { float32ToFloat16Bits } from "./float16.js";
+import { float32BitsToFloat16Bits } from "./float16.js";
 
 export type WeightDtype = "fp32" | "fp16";
 
@@ -51,6 +51,9 @@ export function checkWeightShape(name: string, expected: readonly number[], tens
   }
 }
 
+/** Square tiles for transposing: both the rows read and the rows written stay in cache. */
+const TRANSPOSE_TILE = 64;
+
 /** The little-endian bytes of a weight as stored (the tensor must have passed `checkWeightShape`). */
 export function encodeStoredWeight(weight: StoredWeight, tensor: WeightTensor): Uint8Array {
   // Typed arrays use the host byte order; ONNX raw data is little-endian, as every Node.js platform is.
@@ -59,15 +62,23 @@ export function encodeStoredWeight(weight: StoredWeight, tensor: WeightTensor): 
   if (weight.dtype === "fp32" && !weight.transposed) {
     return new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
   }
-  const stored = weight.dtype === "fp16" ? new Uint16Array(source.length) : new Float32Array(source.length);
-  const convert = weight.dtype === "fp16" ? float32ToFloat16Bits : (value: number) => value;
+  // fp32 copies bit patterns unchanged; fp16 converts them.
+  const sourceBits = new Uint32Array(source.buffer, source.byteOffset, source.length);
+  const stored = weight.dtype === "fp16" ? new Uint16Array(source.length) : new Uint32Array(source.length);
+  const convert = weight.dtype === "fp16" ? float32BitsToFloat16Bits : (bits: number) => bits;
   if (weight.transposed) {
     const [rows, columns] = weight.shape;
-    for (let c = 0; c < columns; c++) {
-      for (let r = 0; r < rows; r++) stored[c * rows + r] = convert(source[r * columns + c]);
+    for (let rowStart = 0; rowStart < rows; rowStart += TRANSPOSE_TILE) {
+      const rowEnd = Math.min(rows, rowStart + TRANSPOSE_TILE);
+      for (let columnStart = 0; columnStart < columns; columnStart += TRANSPOSE_TILE) {
+        const columnEnd = Math.min(columns, columnStart + TRANSPOSE_TILE);
+        for (let c = columnStart; c < columnEnd; c++) {
+          for (let r = rowStart; r < rowEnd; r++) stored[c * rows + r] = convert(sourceBits[r * columns + c]);
+        }
+      }
     }
   } else {
-    for (let i = 0; i < source.length; i++) stored[i] = convert(source[i]);
+    for (let i = 0; i < source.length; i++) stored[i] = convert(sourceBits[i]);
   }
   return new Uint8Array(stored.buffer);
 }

@@ -92,7 +92,9 @@ export function naiveForward(spec: DecoderSpec, weights: DecoderWeights, inputs:
       const prefix = `model.layers.${layer}`;
       const cache = present[layer];
       const normed = x.map((row) => norm(spec, weights, `${prefix}.input_layernorm`, row));
-      const queries = normed.map((row, k) => rope(spec, linear(w(`${prefix}.self_attn.q_proj.weight`), row), inputs.positionIds?.[b][k]));
+      const queries = normed.map((row, k) =>
+        rope(spec, linear(w(`${prefix}.self_attn.q_proj.weight`), row), inputs.positionIds?.[b][k]),
+      );
       for (let k = 0; k < n; k++) {
         const key = rope(spec, linear(w(`${prefix}.self_attn.k_proj.weight`), normed[k]), inputs.positionIds?.[b][k]);
         const value = linear(w(`${prefix}.self_attn.v_proj.weight`), normed[k]);
