@@ -16,6 +16,7 @@ import {
 } from "../src/index.js";
 import * as transformers from "@huggingface/transformers";
 import { StreamingReference } from "../src/reference/streaming_reference.js";
+import { StreamingDecoder } from "../src/transformers/streaming_decoder.js";
 import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./helpers/streaming.js";
 
 describe("batches", () => {
@@ -79,6 +80,29 @@ describe("cache bounds", () => {
       model.forward({ input_ids: ids([6]), past_key_values: result.past_key_values }),
       /already holds tokens from a model without attention sinks/,
     );
+  });
+});
+
+describe("when lazy eviction is exact", () => {
+  const session = (names: string[]) => ({ inputNames: ["input_ids", "attention_mask", ...names], run: async () => ({}) });
+  const options = { attention_sink_size: 4, attention_sink_window_size: 60, attention_sink_compaction_interval: 16 };
+  const llama = { model_type: "llama", num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 32, max_position_embeddings: 512 };
+
+  it("RoPE graphs that take position_ids keep masked slots; graphs that derive positions compact on every eviction", () => {
+    assert.equal(new StreamingDecoder(session(["position_ids"]), llama, options).settings.compaction_interval, 16);
+    assert.equal(new StreamingDecoder(session([]), llama, options).settings.compaction_interval, 0);
+  });
+
+  it("ALiBi over attended slots keeps masked slots; ALiBi over slot indices cannot", () => {
+    const bloom = { model_type: "bloom", n_layer: 2, n_head: 4, hidden_size: 32 };
+    const mpt = { model_type: "mpt", n_layers: 2, n_heads: 4, d_model: 32, max_seq_len: 512 };
+    assert.equal(new StreamingDecoder(session([]), bloom, options).settings.compaction_interval, 16);
+    assert.equal(new StreamingDecoder(session([]), mpt, options).settings.compaction_interval, 0);
+  });
+
+  it("the interval never lets slot positions reach max_position_embeddings", () => {
+    const tight = { ...llama, max_position_embeddings: 70 };
+    assert.equal(new StreamingDecoder(session(["position_ids"]), tight, options).settings.compaction_interval, 6);
   });
 });
 
