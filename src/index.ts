@@ -50,3 +50,4 @@ export {
 } from "./cache/options.js";
 export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
 export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";
+export { ConversionError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";

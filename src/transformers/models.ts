@@ -4,6 +4,9 @@
  */
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { resolveModelSource } from "../convert/index.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./streaming_decoder.js";
 
@@ -17,13 +20,12 @@ interface PretrainedLoader {
   from_pretrained(id: string, options?: PretrainedModelOptions): Promise<PreTrainedModel>;
 }
 
-/** Resolves what a user names as a model (hook for sources that need preparation, such as checkpoints). */
-export type ModelSourceResolver = (nameOrPath: string) => Promise<string>;
-let resolveSource: ModelSourceResolver = async (nameOrPath) => nameOrPath;
-
-/** Installs how model names are resolved before transformers.js loads them. */
-export function setModelSourceResolver(resolver: ModelSourceResolver): void {
-  resolveSource = resolver;
+/**
+ * What a user names as a model, made loadable: a local path becomes absolute (transformers.js would read
+ * `models/x` as a Hub id), and a checkpoint (safetensors directory, llama2.c, GGUF) is converted once.
+ */
+async function resolveSource(nameOrPath: string): Promise<string> {
+  return resolveModelSource(existsSync(nameOrPath) ? resolve(nameOrPath) : nameOrPath);
 }
 
 /** A loader class whose `from_pretrained` returns the transformers.js model with attention sinks enabled. */

@@ -1,0 +1,120 @@
+/**
+ * Command-line flags as data: each command declares its flags once, and parsing, validation and `--help`
+ * all come from that declaration. Flags use the seed's snake_case names (`--num_tokens 8192`).
+ */
+import { parseArgs } from "node:util";
+
+export type FlagValue = string | number | boolean | string[] | undefined;
+
+export interface FlagSpec {
+  type: "string" | "integer" | "number" | "boolean" | "list";
+  description: string;
+  default?: string | number | boolean | string[];
+  /** Allowed values (strings and list items). */
+  choices?: readonly string[];
+  /** Smallest allowed value (integers and numbers). */
+  min?: number;
+  max?: number;
+  /** Placeholder in --help, e.g. FILE. */
+  metavar?: string;
+}
+
+export interface CommandSpec {
+  name: string;
+  summary: string;
+  /** Positional arguments, by name, in order. */
+  positionals?: readonly { name: string; description: string; optional?: boolean }[];
+  flags: Readonly<Record<string, FlagSpec>>;
+  examples?: readonly string[];
+}
+
+/** A wrong flag or value: the CLI prints the message and the usage line, and exits with code 2. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+export interface ParsedArgs {
+  flags: Record<string, FlagValue>;
+  positionals: string[];
+  help: boolean;
+}
+
+export function parseCommandLine(spec: CommandSpec, argv: readonly string[]): ParsedArgs {
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = { help: { type: "boolean" } };
+  for (const [name, flag] of Object.entries(spec.flags)) {
+    options[name] = flag.type === "boolean" ? { type: "boolean" } : { type: "string", multiple: flag.type === "list" };
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError((error as Error).message.replace(/^.*?Unknown option/, "unknown option").replace(/\. To specify.*$/s, ""));
+  }
+  if (parsed.values.help) return { flags: {}, positionals: parsed.positionals, help: true };
+  const required = (spec.positionals ?? []).filter((p) => !p.optional).length;
+  const allowed = spec.positionals?.length ?? 0;
+  if (parsed.positionals.length < required || parsed.positionals.length > allowed) {
+    const names = (spec.positionals ?? []).map((p) => (p.optional ? `[${p.name}]` : p.name)).join(" ");
+    throw new UsageError(`expected ${names || "no positional arguments"}, got ${parsed.positionals.length ? parsed.positionals.join(" ") : "none"}`);
+  }
+  const flags: Record<string, FlagValue> = {};
+  for (const [name, flag] of Object.entries(spec.flags)) {
+    const raw = (parsed.values as Record<string, string | boolean | string[] | undefined>)[name];
+    flags[name] = raw === undefined ? flag.default : convert(name, flag, raw);
+  }
+  return { flags, positionals: parsed.positionals, help: false };
+}
+
+function convert(name: string, flag: FlagSpec, raw: string | boolean | string[]): FlagValue {
+  if (flag.type === "boolean") return raw as boolean;
+  if (flag.type === "list") {
+    const items = (raw as string[]).flatMap((item) => item.split(/[\s,]+/)).filter(Boolean);
+    for (const item of items) checkChoice(name, flag, item);
+    return items;
+  }
+  const text = raw as string;
+  if (flag.type === "string") {
+    checkChoice(name, flag, text);
+    return text;
+  }
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || (flag.type === "integer" && !Number.isInteger(value))) {
+    throw new UsageError(`--${name} must be ${flag.type === "integer" ? "an integer" : "a number"}, got "${text}"`);
+  }
+  if (flag.min !== undefined && value < flag.min) throw new UsageError(`--${name} must be at least ${flag.min}, got ${value}`);
+  if (flag.max !== undefined && value > flag.max) throw new UsageError(`--${name} must be at most ${flag.max}, got ${value}`);
+  return value;
+}
+
+function checkChoice(name: string, flag: FlagSpec, value: string): void {
+  if (flag.choices && !flag.choices.includes(value)) {
+    throw new UsageError(`--${name} must be one of ${flag.choices.join(", ")}; got "${value}"`);
+  }
+}
+
+export function usageLine(spec: CommandSpec): string {
+  const positionals = (spec.positionals ?? []).map((p) => (p.optional ? ` [${p.name}]` : ` ${p.name}`)).join("");
+  return `usage: attention-sinks ${spec.name}${positionals} [options]`;
+}
+
+export function helpText(spec: CommandSpec): string {
+  const lines = [usageLine(spec), "", spec.summary, ""];
+  if (spec.positionals?.length) {
+    lines.push("arguments:");
+    for (const p of spec.positionals) lines.push(`  ${p.name.padEnd(28)} ${p.description}`);
+    lines.push("");
+  }
+  lines.push("options:");
+  const entries: [string, FlagSpec][] = [...Object.entries(spec.flags), ["help", { type: "boolean", description: "show this help and exit" }]];
+  for (const [name, flag] of entries) {
+    const metavar = flag.type === "boolean" ? "" : ` ${flag.metavar ?? (flag.choices ? `{${flag.choices.join(",")}}` : flag.type === "list" ? "VALUE..." : name.toUpperCase())}`;
+    const left = `  --${name}${metavar}`;
+    const extra = flag.default !== undefined && flag.default !== false ? ` (default: ${Array.isArray(flag.default) ? flag.default.join(" ") : flag.default})` : "";
+    lines.push(left.length > 30 ? `${left}\n${" ".repeat(31)}${flag.description}${extra}` : `${left.padEnd(31)}${flag.description}${extra}`);
+  }
+  if (spec.examples?.length) {
+    lines.push("", "examples:");
+    for (const example of spec.examples) lines.push(`  ${example}`);
+  }
+  return lines.join("\n");
+}

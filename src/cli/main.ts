@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+/** The `attention-sinks` command line: a thin layer over the library API. */
+import { helpText, parseCommandLine, UsageError, usageLine } from "./args.js";
+import type { Command } from "./command.js";
+import { COMMANDS } from "./commands/index.js";
+
+function overview(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.spec.name.length));
+  return [
+    "usage: attention-sinks <command> [options]",
+    "",
+    "Endless, constant-memory LLM streaming for transformers.js with attention sinks (StreamingLLM).",
+    "",
+    "commands:",
+    ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`),
+    "",
+    "Run `attention-sinks <command> --help` for the options of a command.",
+  ].join("\n");
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(overview() + "\n");
+    return name === undefined ? 2 : 0;
+  }
+  const command: Command | undefined = COMMANDS.find((c) => c.spec.name === name);
+  if (!command) {
+    process.stderr.write(`attention-sinks: unknown command "${name}"\n\n${overview()}\n`);
+    return 2;
+  }
+  try {
+    const args = parseCommandLine(command.spec, rest);
+    if (args.help) {
+      process.stdout.write(helpText(command.spec) + "\n");
+      return 0;
+    }
+    return await command.run(args);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`attention-sinks ${name}: ${error.message}\n${usageLine(command.spec)}\nRun \`attention-sinks ${name} --help\` for details.\n`);
+      return 2;
+    }
+    process.stderr.write(`attention-sinks ${name}: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

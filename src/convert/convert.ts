@@ -1,0 +1,127 @@
+/**
+ * Converting a checkpoint (Hugging Face directory, llama2.c file or GGUF file) into a directory that
+ * transformers.js loads offline: config.json, generation_config.json, tokenizer.json, tokenizer_config.json
+ * and onnx/model.onnx (plus onnx/model_fp16.onnx for fp16).
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
+import { weightShapes } from "../architecture/decoder_spec.js";
+import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_graph.js";
+import { BoundedReader, openFileSource, type ByteSource } from "./bounded_reader.js";
+import type { Checkpoint } from "./checkpoint.js";
+import { ConversionError } from "./errors.js";
+import { readGgufCheckpoint } from "./gguf_llama.js";
+import { readHfCheckpoint } from "./hf_directory.js";
+import { readLlama2cCheckpoint } from "./llama2c.js";
+import { findLlama2cTokenizer } from "./llama2c_tokenizer.js";
+
+export interface ConvertOptions {
+  /** The llama2.c tokenizer file; by default the one `tokenizer.bin` / `tok*.bin` beside the checkpoint. */
+  tokenizer?: string;
+  /** `fp16` writes onnx/model_fp16.onnx (half-size weights) besides onnx/model.onnx. Default fp32. */
+  dtype?: "fp32" | "fp16";
+  /** Called after each weight is read, with the weights done so far and the total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Converts `source` into the transformers.js model directory `outDir`, which must not exist yet (or be
+ * empty). Nothing appears at `outDir` unless conversion succeeds.
+ */
+export async function convertCheckpoint(source: string, outDir: string, options: ConvertOptions = {}): Promise<void> {
+  const checkpoint = openCheckpoint(source, options.tokenizer);
+  try {
+    await writeModelDirectory(checkpoint, outDir, options);
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/** Opens a checkpoint of any supported format, telling them apart by kind and magic number. */
+export function openCheckpoint(source: string, tokenizer?: string): Checkpoint {
+  if (!existsSync(source)) throw new ConversionError(source, "does not exist");
+  const isDirectory = statSync(source).isDirectory();
+  const isGguf = !isDirectory && hasGgufMagic(source);
+  if (tokenizer !== undefined && (isDirectory || isGguf)) {
+    throw new ConversionError(tokenizer, "a tokenizer file is only used with llama2.c checkpoints");
+  }
+  if (isDirectory) return readHfCheckpoint(source);
+  if (/\.(safetensors|json)$/.test(source)) {
+    throw new ConversionError(source, "give the Hugging Face model directory (with config.json), not one of its files");
+  }
+  const sources: ByteSource[] = [];
+  const open = (path: string) => {
+    const opened = openFileSource(path);
+    sources.push(opened);
+    return opened;
+  };
+  try {
+    if (isGguf) return readGgufCheckpoint(open(source));
+    return readLlama2cCheckpoint(open(source), () => open(tokenizer ?? findLlama2cTokenizer(source)));
+  } catch (error) {
+    for (const opened of sources) opened.close();
+    throw error;
+  }
+}
+
+function hasGgufMagic(path: string): boolean {
+  const source = openFileSource(path);
+  try {
+    return source.size >= 4 && Buffer.from(new BoundedReader(source).bytes(0, 4, "the magic number")).toString("latin1") === "GGUF";
+  } finally {
+    source.close();
+  }
+}
+
+/**
+ * Writes the model directory into a temporary folder beside `outDir` and renames it into place at the end,
+ * so a failed or interrupted conversion never leaves a half-written `outDir`.
+ */
+export async function writeModelDirectory(
+  checkpoint: Checkpoint,
+  outDir: string,
+  options: Omit<ConvertOptions, "tokenizer"> = {},
+): Promise<void> {
+  const target = resolve(outDir);
+  if (existsSync(target) && (!statSync(target).isDirectory() || readdirSync(target).length > 0)) {
+    throw new ConversionError(outDir, "already exists and is not an empty directory");
+  }
+  mkdirSync(dirname(target), { recursive: true });
+  // mkdirSync (not mkdtemp, which makes it private) so the renamed directory gets the usual permissions.
+  const staging = join(dirname(target), `.${basename(target)}.partial-${randomBytes(6).toString("hex")}`);
+  mkdirSync(staging);
+  try {
+    for (const [name, text] of checkpoint.files) writeFileSync(join(staging, name), text);
+    mkdirSync(join(staging, "onnx"));
+    const exports: ["fp32" | "fp16", string][] = [["fp32", "model.onnx"]];
+    if (options.dtype === "fp16") exports.push(["fp16", "model_fp16.onnx"]);
+    const total = weightShapes(checkpoint.spec).size * exports.length;
+    let done = 0;
+    const weights: WeightSource = {
+      load(name) {
+        const entry = checkpoint.tensors.get(name);
+        if (!entry) throw new ConversionError(checkpoint.source, `the weight ${name} is missing`);
+        const tensor = entry.load();
+        options.onProgress?.(++done, total);
+        return tensor;
+      },
+    };
+    for (const [dtype, file] of exports) {
+      await writeDecoderOnnx(checkpoint.spec, weights, join(staging, "onnx", file), { dtype });
+    }
+    try {
+      if (existsSync(target)) rmdirSync(target);
+      renameSync(staging, target);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ENOTEMPTY" || code === "EEXIST") {
+        throw new ConversionError(outDir, "was filled by another process during conversion", { cause: error });
+      }
+      throw error;
+    }
+  } catch (error) {
+    rmSync(staging, { recursive: true, force: true });
+    throw error;
+  }
+}

@@ -1,0 +1,222 @@
+/**
+ * The GGUF container (versions 1 to 3): magic "GGUF", version, tensor and metadata counts, typed metadata
+ * key/values, tensor descriptions, then the aligned tensor data. Version 1 stores counts, string lengths,
+ * array lengths and dimensions as uint32; later versions as uint64.
+ */
+import type { BoundedReader } from "./bounded_reader.js";
+import { halfToFloat, readFloats } from "./tensor_data.js";
+
+/** "GGUF" read as a little-endian uint32. */
+const MAGIC = 0x46554747;
+const DEFAULT_ALIGNMENT = 32;
+/** ggml's GGML_MAX_DIMS. */
+const MAX_DIMS = 4;
+/** Arrays of arrays are legal; deeper nesting than this is a corrupt file (and would exhaust the stack). */
+const MAX_ARRAY_DEPTH = 4;
+
+export type GgufValue = number | bigint | boolean | string | GgufValue[];
+
+/** One tensor's description. `dims` is in ggml order: the first dimension varies fastest. */
+export interface GgufTensorInfo {
+  name: string;
+  dims: number[];
+  type: GgmlType;
+  /** Absolute file offset of the data. */
+  offset: number;
+  byteLength: number;
+}
+
+export interface GgufFile {
+  version: number;
+  metadata: Map<string, GgufValue>;
+  tensors: GgufTensorInfo[];
+}
+
+/** A ggml tensor type: values are stored in blocks of `blockSize` values taking `blockBytes` bytes. */
+export interface GgmlType {
+  id: number;
+  name: string;
+  blockSize: number;
+  blockBytes: number;
+  /** Decodes `count` values (whole blocks) at `offset`; absent for types conversion cannot read. */
+  decode?: (reader: BoundedReader, offset: number, count: number, what: string) => Float32Array;
+}
+
+const decodeAs =
+  (encoding: "f32" | "f16" | "bf16") => (reader: BoundedReader, offset: number, count: number, what: string) =>
+    readFloats(reader, offset, count, encoding, what);
+
+/** ggml's types by id. The sizes of all are known so any file can be checked; a few can be decoded. */
+const GGML_TYPES: ReadonlyMap<number, GgmlType> = new Map(
+  (
+    [
+      [0, "F32", 1, 4, decodeAs("f32")],
+      [1, "F16", 1, 2, decodeAs("f16")],
+      [2, "Q4_0", 32, 18, dequantizeQ4_0],
+      [3, "Q4_1", 32, 20],
+      [6, "Q5_0", 32, 22],
+      [7, "Q5_1", 32, 24],
+      [8, "Q8_0", 32, 34, dequantizeQ8_0],
+      [9, "Q8_1", 32, 36],
+      [10, "Q2_K", 256, 84],
+      [11, "Q3_K", 256, 110],
+      [12, "Q4_K", 256, 144],
+      [13, "Q5_K", 256, 176],
+      [14, "Q6_K", 256, 210],
+      [15, "Q8_K", 256, 292],
+      [24, "I8", 1, 1],
+      [25, "I16", 1, 2],
+      [26, "I32", 1, 4],
+      [27, "I64", 1, 8],
+      [28, "F64", 1, 8],
+      [30, "BF16", 1, 2, decodeAs("bf16")],
+    ] as const
+  ).map(([id, name, blockSize, blockBytes, decode]) => [id, { id, name, blockSize, blockBytes, decode }]),
+);
+
+export const DECODABLE_GGML_TYPES: readonly string[] = [...GGML_TYPES.values()]
+  .filter((type) => type.decode)
+  .map((type) => type.name);
+
+/** Reads and checks a GGUF header: metadata, and every tensor's type and place inside the file. */
+export function readGguf(reader: BoundedReader): GgufFile {
+  const cursor = reader.cursor();
+  if (reader.size < 8 || cursor.u32("the magic number") !== MAGIC) throw reader.fail("is not a GGUF file (no GGUF magic)");
+  const version = cursor.u32("the version");
+  if (version < 1 || version > 3) throw reader.fail(`GGUF version ${version} is not supported (supported: 1, 2, 3)`);
+  // Version 1 stores every count and length as uint32.
+  const size = (what: string) => (version === 1 ? cursor.u32(what) : cursor.u64(what));
+  const lengthBytes = version === 1 ? 4 : 8;
+  const string = (what: string) => cursor.utf8(size(`${what} length`), what);
+
+  const tensorCount = size("the tensor count");
+  const metadataCount = size("the metadata count");
+  // A metadata entry takes at least a key length, a type and a 1-byte value; a tensor description at least
+  // a name length, a dimension count, one dimension, a type and an offset.
+  cursor.requireFits(metadataCount, lengthBytes + 5, "the metadata count");
+  cursor.requireFits(tensorCount, 2 * lengthBytes + 16, "the tensor count");
+
+  const readValue = (type: number, what: string, depth: number): GgufValue => {
+    switch (type) {
+      case 0: return cursor.u8(what);
+      case 1: return cursor.i8(what);
+      case 2: return cursor.u16(what);
+      case 3: return cursor.i16(what);
+      case 4: return cursor.u32(what);
+      case 5: return cursor.i32(what);
+      case 6: return cursor.f32(what);
+      case 7: {
+        const value = cursor.u8(what);
+        if (value > 1) throw reader.fail(`${what}: boolean value ${value}`);
+        return value === 1;
+      }
+      case 8: return string(what);
+      case 9: {
+        if (depth >= MAX_ARRAY_DEPTH) throw reader.fail(`${what}: arrays nested deeper than ${MAX_ARRAY_DEPTH}`);
+        const elementType = cursor.u32(`${what} element type`);
+        const count = size(`${what} length`);
+        cursor.requireFits(count, minValueBytes(elementType, lengthBytes), `${what} length`);
+        const values: GgufValue[] = [];
+        for (let i = 0; i < count; i++) values.push(readValue(elementType, what, depth + 1));
+        return values;
+      }
+      case 10: return cursor.u64(what);
+      case 11: return cursor.i64(what);
+      case 12: return cursor.f64(what);
+      default: throw reader.fail(`${what}: unknown metadata value type ${type}`);
+    }
+  };
+
+  const metadata = new Map<string, GgufValue>();
+  for (let i = 0; i < metadataCount; i++) {
+    const key = string(`metadata key ${i}`);
+    if (metadata.has(key)) throw reader.fail(`metadata key ${key} appears twice`);
+    metadata.set(key, readValue(cursor.u32(`metadata ${key} type`), `metadata ${key}`, 0));
+  }
+  const alignment = metadata.get("general.alignment") ?? DEFAULT_ALIGNMENT;
+  if (typeof alignment !== "number" || !Number.isInteger(alignment) || alignment < 1 || (alignment & (alignment - 1)) !== 0) {
+    throw reader.fail(`general.alignment ${alignment} is not a power of two`);
+  }
+
+  const described: Omit<GgufTensorInfo, "offset" | "byteLength">[] = [];
+  const relativeOffsets: number[] = [];
+  const names = new Set<string>();
+  for (let i = 0; i < tensorCount; i++) {
+    const name = string(`tensor ${i} name`);
+    if (names.has(name)) throw reader.fail(`tensor ${name} appears twice`);
+    names.add(name);
+    const rank = cursor.u32(`tensor ${name} dimension count`);
+    if (rank < 1 || rank > MAX_DIMS) throw reader.fail(`tensor ${name} has ${rank} dimensions (1 to ${MAX_DIMS} allowed)`);
+    const dims: number[] = [];
+    for (let d = 0; d < rank; d++) dims.push(reader.requireInt(size(`tensor ${name} size`), `tensor ${name} size`, 1));
+    const typeId = cursor.u32(`tensor ${name} type`);
+    const type = GGML_TYPES.get(typeId);
+    if (!type) throw reader.fail(`tensor ${name} has unknown ggml type ${typeId}`);
+    described.push({ name, dims, type });
+    relativeOffsets.push(cursor.u64(`tensor ${name} offset`));
+  }
+
+  const dataStart = Math.ceil(cursor.offset / alignment) * alignment;
+  const tensors = described.map((info, i): GgufTensorInfo => {
+    const { name, dims, type } = info;
+    const count = reader.checkedProduct(dims, `tensor ${name}`);
+    if (dims[0] % type.blockSize !== 0) {
+      throw reader.fail(`tensor ${name}: ${type.name} needs rows of whole ${type.blockSize}-value blocks, not ${dims[0]}`);
+    }
+    if (relativeOffsets[i] % alignment !== 0) {
+      throw reader.fail(`tensor ${name}: offset ${relativeOffsets[i]} is not a multiple of the alignment ${alignment}`);
+    }
+    const tensor = { ...info, offset: dataStart + relativeOffsets[i], byteLength: (count / type.blockSize) * type.blockBytes };
+    reader.checkRange(tensor.offset, tensor.byteLength, `tensor ${name}`);
+    return tensor;
+  });
+  return { version, metadata, tensors };
+}
+
+/** The fewest bytes one value of a metadata type can take, to bound array lengths by the file size. */
+function minValueBytes(type: number, lengthBytes: number): number {
+  if (type === 8) return lengthBytes;
+  if (type === 9) return 4 + lengthBytes;
+  return [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8][type] ?? 1;
+}
+
+/** Reads a tensor as float32 in ggml's memory order (row-major over the reversed dims). */
+export function readGgufTensor(reader: BoundedReader, tensor: GgufTensorInfo): Float32Array {
+  const { type } = tensor;
+  const what = `tensor ${tensor.name}`;
+  if (!type.decode) {
+    throw reader.fail(`${what} is ${type.name}, which cannot be converted (supported: ${DECODABLE_GGML_TYPES.join(", ")})`);
+  }
+  const count = (tensor.byteLength / type.blockBytes) * type.blockSize;
+  return type.decode(reader, tensor.offset, count, what);
+}
+
+/** Q8_0 blocks: an f16 scale, then 32 int8 values. */
+function dequantizeQ8_0(reader: BoundedReader, offset: number, count: number, what: string): Float32Array {
+  const blocks = count / 32;
+  const bytes = reader.bytes(offset, blocks * 34, what);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(count);
+  for (let b = 0; b < blocks; b++) {
+    const scale = halfToFloat(view.getUint16(b * 34, true));
+    for (let j = 0; j < 32; j++) out[b * 32 + j] = view.getInt8(b * 34 + 2 + j) * scale;
+  }
+  return out;
+}
+
+/** Q4_0 blocks: an f16 scale, then 16 bytes whose low nibbles are values 0-15 and high nibbles 16-31, offset by 8. */
+function dequantizeQ4_0(reader: BoundedReader, offset: number, count: number, what: string): Float32Array {
+  const blocks = count / 32;
+  const bytes = reader.bytes(offset, blocks * 18, what);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(count);
+  for (let b = 0; b < blocks; b++) {
+    const scale = halfToFloat(view.getUint16(b * 18, true));
+    for (let j = 0; j < 16; j++) {
+      const packed = bytes[b * 18 + 2 + j];
+      out[b * 32 + j] = ((packed & 0x0f) - 8) * scale;
+      out[b * 32 + j + 16] = ((packed >> 4) - 8) * scale;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,179 @@
+/**
+ * Hugging Face Llama `config.json` <-> {@link DecoderSpec}: reading the config of a Hugging Face source, and
+ * writing the config (and generation config) of a converted llama2.c or GGUF model.
+ */
+import type { DecoderSpec } from "../architecture/decoder_spec.js";
+import type { RopeScaling } from "../positions/rope.js";
+import { resolveGeometry, UnsupportedModelError, type ModelConfig } from "../positions/families.js";
+import { ConversionError } from "./errors.js";
+import type { TokenizerFiles } from "./sentencepiece_tokenizer.js";
+
+/** Model types whose weights are Llama's, name for name. */
+const LLAMA_MODEL_TYPES = ["llama", "mistral"];
+
+/** Sizes beyond these are corrupt headers, refused before anything is enumerated or allocated. */
+const MAX_LAYERS = 4096;
+const MAX_WIDTH = 1 << 20;
+const MAX_VOCAB = 1 << 24;
+
+/** What a converted model's config needs besides its architecture. */
+export interface LlamaModelInfo {
+  maxPositions: number;
+  bosId: number;
+  eosId: number;
+}
+
+/** The numbers that define a Llama architecture, as a checkpoint header gives them. */
+export interface LlamaDimensions {
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_layers: number;
+  num_heads: number;
+  num_kv_heads: number;
+  /** Defaults to hidden_size / num_heads. */
+  head_dim?: number;
+  norm_eps: number;
+  rope_theta: number;
+  rope_scaling?: RopeScaling;
+  tie_word_embeddings: boolean;
+}
+
+/**
+ * The spec of a Llama model (RMSNorm, SwiGLU, full rotate_half RoPE), after checking that its numbers are
+ * sane: within limits no real model reaches, and dividing as attention needs.
+ * @param fail makes the error for a problem (naming the file the numbers came from).
+ */
+export function llamaDecoderSpec(d: LlamaDimensions, fail: (problem: string) => ConversionError): DecoderSpec {
+  const integer = (name: string, value: number, max: number) => {
+    if (!Number.isInteger(value) || value < 1 || value > max) {
+      throw fail(`${name} is ${value}, expected an integer from 1 to ${max}`);
+    }
+  };
+  integer("vocab_size", d.vocab_size, MAX_VOCAB);
+  integer("hidden_size", d.hidden_size, MAX_WIDTH);
+  integer("intermediate_size", d.intermediate_size, MAX_WIDTH);
+  integer("num_layers", d.num_layers, MAX_LAYERS);
+  integer("num_heads", d.num_heads, MAX_WIDTH);
+  integer("num_kv_heads", d.num_kv_heads, d.num_heads);
+  if (d.num_heads % d.num_kv_heads !== 0) {
+    throw fail(`num_kv_heads ${d.num_kv_heads} does not divide num_heads ${d.num_heads}`);
+  }
+  const head_dim = d.head_dim ?? d.hidden_size / d.num_heads;
+  if (!Number.isInteger(head_dim) || head_dim < 2 || head_dim % 2 !== 0 || head_dim > MAX_WIDTH) {
+    throw fail(`head_dim ${head_dim} (hidden_size ${d.hidden_size} / num_heads ${d.num_heads}) is not an even integer`);
+  }
+  if (!(d.norm_eps > 0) || !(d.rope_theta > 0)) {
+    throw fail(`the norm epsilon ${d.norm_eps} and RoPE base ${d.rope_theta} must be positive numbers`);
+  }
+  return {
+    vocab_size: d.vocab_size,
+    hidden_size: d.hidden_size,
+    num_layers: d.num_layers,
+    num_heads: d.num_heads,
+    num_kv_heads: d.num_kv_heads,
+    head_dim,
+    intermediate_size: d.intermediate_size,
+    norm: "rms",
+    norm_eps: d.norm_eps,
+    mlp: "swiglu",
+    positions: {
+      kind: "rope",
+      rope: { layout: "rotate_half", head_dim, rotary_dim: head_dim, theta: d.rope_theta, scaling: d.rope_scaling },
+    },
+    tie_word_embeddings: d.tie_word_embeddings,
+  };
+}
+
+/** The architecture of a Hugging Face Llama-family `config.json`, refusing anything the graph cannot express. */
+export function decoderSpecFromLlamaConfig(config: unknown, file: string): DecoderSpec {
+  const fail = (problem: string) => new ConversionError(file, problem);
+  if (typeof config !== "object" || config === null || Array.isArray(config)) throw fail("is not a JSON object");
+  const fields = config as ModelConfig;
+  const modelType = fields.model_type;
+  if (typeof modelType !== "string" || !LLAMA_MODEL_TYPES.includes(modelType)) {
+    throw fail(`model_type ${JSON.stringify(modelType)} is not supported (supported: ${LLAMA_MODEL_TYPES.join(", ")})`);
+  }
+  const activation = fields.hidden_act ?? "silu";
+  if (activation !== "silu") throw fail(`hidden_act ${JSON.stringify(activation)} is not supported (only silu)`);
+  if (fields.attention_bias === true || fields.mlp_bias === true) throw fail("biased projections are not supported");
+  if (fields.sliding_window !== undefined && fields.sliding_window !== null) {
+    throw fail("sliding-window attention is not supported");
+  }
+  let geometry;
+  try {
+    geometry = resolveGeometry(fields);
+  } catch (error) {
+    if (error instanceof UnsupportedModelError) throw fail(error.message);
+    throw error;
+  }
+  if (geometry.scheme.kind !== "rope" || geometry.scheme.rope.rotary_dim !== geometry.head_dim) {
+    throw fail("expected rotary position embeddings over the whole head");
+  }
+  const { rope } = geometry.scheme;
+  const number = (key: string, fallback?: number): number => {
+    const value = fields[key] ?? fallback;
+    if (typeof value !== "number") throw fail(`${key} is ${JSON.stringify(value)}, expected a number`);
+    return value;
+  };
+  return llamaDecoderSpec(
+    {
+      vocab_size: number("vocab_size"),
+      hidden_size: number("hidden_size"),
+      intermediate_size: number("intermediate_size"),
+      num_layers: geometry.num_layers,
+      num_heads: number("num_attention_heads"),
+      num_kv_heads: geometry.num_kv_heads,
+      head_dim: geometry.head_dim,
+      norm_eps: number("rms_norm_eps", 1e-6),
+      rope_theta: rope.theta,
+      rope_scaling: rope.scaling,
+      tie_word_embeddings: fields.tie_word_embeddings === true,
+    },
+    fail,
+  );
+}
+
+/**
+ * The JSON files of an output directory for a model described by `spec` (a standard Hugging Face Llama
+ * model, RoPE in the rotate_half layout) and its tokenizer files.
+ */
+export function llamaModelFiles(spec: DecoderSpec, info: LlamaModelInfo, tokenizerFiles: TokenizerFiles): Map<string, string> {
+  return new Map([
+    ["config.json", llamaConfigJson(spec, info)],
+    ["generation_config.json", JSON.stringify({ bos_token_id: info.bosId, eos_token_id: info.eosId }, null, 2)],
+    ...Object.entries(tokenizerFiles),
+  ]);
+}
+
+function llamaConfigJson(spec: DecoderSpec, info: LlamaModelInfo): string {
+  const { positions } = spec;
+  if (positions.kind !== "rope" || positions.rope.layout !== "rotate_half" || positions.rope.rotary_dim !== spec.head_dim) {
+    throw new Error("llamaConfigJson: a llama config describes full rotate_half RoPE only");
+  }
+  const { rope } = positions;
+  const config = {
+    architectures: ["LlamaForCausalLM"],
+    model_type: "llama",
+    vocab_size: spec.vocab_size,
+    hidden_size: spec.hidden_size,
+    intermediate_size: spec.intermediate_size,
+    num_hidden_layers: spec.num_layers,
+    num_attention_heads: spec.num_heads,
+    num_key_value_heads: spec.num_kv_heads,
+    head_dim: spec.head_dim,
+    hidden_act: "silu",
+    max_position_embeddings: info.maxPositions,
+    rms_norm_eps: spec.norm_eps,
+    rope_theta: rope.theta,
+    rope_scaling: rope.scaling ?? null,
+    tie_word_embeddings: spec.tie_word_embeddings,
+    attention_bias: false,
+    mlp_bias: false,
+    bos_token_id: info.bosId,
+    eos_token_id: info.eosId,
+    torch_dtype: "float32",
+    use_cache: true,
+  };
+  return JSON.stringify(config, null, 2);
+}

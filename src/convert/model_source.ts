@@ -1,0 +1,81 @@
+/**
+ * Lets every place that names a model also take a convertible checkpoint: the checkpoint is converted once
+ * into a cache folder keyed by its content, and later calls reuse that folder.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, statSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { homedir } from "node:os";
+import { basename, isAbsolute, join } from "node:path";
+import { openCheckpoint, writeModelDirectory } from "./convert.js";
+import { ConversionError } from "./errors.js";
+
+export interface ResolveModelSourceOptions {
+  /** Where converted models are kept. Default `~/.cache/attention-sinks/converted`. */
+  cacheDir?: string;
+  /** The tokenizer of a llama2.c checkpoint; by default the one `tokenizer.bin` / `tok*.bin` beside it. */
+  tokenizer?: string;
+}
+
+/** Where converted checkpoints are kept: `$ATTENTION_SINKS_CACHE`, else ~/.cache/attention-sinks/converted. */
+export const DEFAULT_CONVERSION_CACHE = process.env.ATTENTION_SINKS_CACHE || join(homedir(), ".cache", "attention-sinks", "converted");
+
+/** Bumped whenever conversion output changes, so older cache entries are not reused. */
+const CACHE_FORMAT = "attention-sinks-convert/1";
+
+/**
+ * What to hand `from_pretrained` for `nameOrPath`: the input itself when it is a transformers.js model
+ * directory or not a local path (a Hub id), otherwise the cached conversion of the checkpoint it names,
+ * converting it first if needed.
+ */
+export async function resolveModelSource(nameOrPath: string, options: ResolveModelSourceOptions = {}): Promise<string> {
+  if (!existsSync(nameOrPath)) {
+    if (looksLikeLocalPath(nameOrPath)) throw new ConversionError(nameOrPath, "does not exist");
+    return nameOrPath;
+  }
+  if (isTransformersJsDirectory(nameOrPath)) return nameOrPath;
+  const checkpoint = openCheckpoint(nameOrPath, options.tokenizer);
+  try {
+    const target = join(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));
+    if (isTransformersJsDirectory(target)) return target;
+    try {
+      await writeModelDirectory(checkpoint, target);
+    } catch (error) {
+      // Another process converting the same checkpoint may have finished first; its result is as good.
+      if (!isTransformersJsDirectory(target)) throw error;
+    }
+    return target;
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/** A directory transformers.js loads as is. The cache only ever holds complete ones (they are renamed in). */
+function isTransformersJsDirectory(path: string): boolean {
+  return existsSync(join(path, "config.json")) && existsSync(join(path, "onnx")) && statSync(join(path, "onnx")).isDirectory();
+}
+
+/** Hub ids look like `owner/name`; anything absolute, relative-marked or with a checkpoint suffix is a path. */
+function looksLikeLocalPath(name: string): boolean {
+  return isAbsolute(name) || /^(\.{1,2}|~)([/\\]|$)/.test(name) || /\.(bin|gguf|safetensors|json)$/.test(name);
+}
+
+/** sha256 over the names, sizes and bytes of every file conversion reads. */
+async function contentKey(inputs: readonly string[]): Promise<string> {
+  const hash = createHash("sha256").update(CACHE_FORMAT);
+  const chunk = Buffer.alloc(1 << 20);
+  for (const path of inputs) {
+    const handle = await open(path, "r");
+    try {
+      hash.update(`\0${basename(path)}\0${(await handle.stat()).size}\0`);
+      for (;;) {
+        const { bytesRead } = await handle.read(chunk, 0, chunk.length, null);
+        if (bytesRead === 0) break;
+        hash.update(chunk.subarray(0, bytesRead));
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+  return hash.digest("hex");
+}
