@@ -18,6 +18,7 @@ import * as transformers from "@huggingface/transformers";
 import { BaseStreamer, DynamicCache, Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
+import { llamaConfig, llamaGenerationConfig } from "../src/architecture/llama_config.js";
 import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
 import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
 
@@ -60,25 +61,9 @@ async function writeModel(dir: string): Promise<number> {
   for (const w of weights.values()) parameters += w.data.length;
   await mkdir(join(dir, "onnx"), { recursive: true });
   await writeFile(join(dir, "onnx", "model.onnx"), buildDecoderOnnx(spec, weights));
-  const config = {
-    model_type: "llama",
-    architectures: ["LlamaForCausalLM"],
-    vocab_size: spec.vocab_size,
-    hidden_size: spec.hidden_size,
-    intermediate_size: spec.intermediate_size,
-    num_hidden_layers: spec.num_layers,
-    num_attention_heads: spec.num_heads,
-    num_key_value_heads: spec.num_kv_heads,
-    head_dim: spec.head_dim,
-    max_position_embeddings: 4096,
-    rope_theta: 10000,
-    rms_norm_eps: spec.norm_eps,
-    tie_word_embeddings: true,
-    bos_token_id: 1,
-    eos_token_id: 2,
-  };
-  await writeFile(join(dir, "config.json"), JSON.stringify(config));
-  await writeFile(join(dir, "generation_config.json"), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }));
+  const info = { maxPositions: 4096, bosId: 1, eosId: 2 };
+  await writeFile(join(dir, "config.json"), JSON.stringify(llamaConfig(spec, info)));
+  await writeFile(join(dir, "generation_config.json"), JSON.stringify(llamaGenerationConfig(info)));
   return parameters;
 }
 

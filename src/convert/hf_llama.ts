@@ -3,6 +3,8 @@
  * writing the config (and generation config) of a converted llama2.c or GGUF model.
  */
 import type { DecoderSpec } from "../architecture/decoder_spec.js";
+import { llamaConfig, llamaGenerationConfig, type LlamaModelInfo } from "../architecture/llama_config.js";
+export type { LlamaModelInfo };
 import type { RopeScaling } from "../positions/rope.js";
 import { resolveGeometry, UnsupportedModelError, type ModelConfig } from "../positions/families.js";
 import { ConversionError } from "./errors.js";
@@ -15,13 +17,6 @@ const LLAMA_MODEL_TYPES = ["llama", "mistral"];
 const MAX_LAYERS = 4096;
 const MAX_WIDTH = 1 << 20;
 const MAX_VOCAB = 1 << 24;
-
-/** What a converted model's config needs besides its architecture. */
-export interface LlamaModelInfo {
-  maxPositions: number;
-  bosId: number;
-  eosId: number;
-}
 
 /** The numbers that define a Llama architecture, as a checkpoint header gives them. */
 export interface LlamaDimensions {
@@ -140,40 +135,9 @@ export function decoderSpecFromLlamaConfig(config: unknown, file: string): Decod
  */
 export function llamaModelFiles(spec: DecoderSpec, info: LlamaModelInfo, tokenizerFiles: TokenizerFiles): Map<string, string> {
   return new Map([
-    ["config.json", llamaConfigJson(spec, info)],
-    ["generation_config.json", JSON.stringify({ bos_token_id: info.bosId, eos_token_id: info.eosId }, null, 2)],
+    ["config.json", JSON.stringify(llamaConfig(spec, info), null, 2)],
+    ["generation_config.json", JSON.stringify(llamaGenerationConfig(info), null, 2)],
     ...Object.entries(tokenizerFiles),
   ]);
 }
 
-function llamaConfigJson(spec: DecoderSpec, info: LlamaModelInfo): string {
-  const { positions } = spec;
-  if (positions.kind !== "rope" || positions.rope.layout !== "rotate_half" || positions.rope.rotary_dim !== spec.head_dim) {
-    throw new Error("llamaConfigJson: a llama config describes full rotate_half RoPE only");
-  }
-  const { rope } = positions;
-  const config = {
-    architectures: ["LlamaForCausalLM"],
-    model_type: "llama",
-    vocab_size: spec.vocab_size,
-    hidden_size: spec.hidden_size,
-    intermediate_size: spec.intermediate_size,
-    num_hidden_layers: spec.num_layers,
-    num_attention_heads: spec.num_heads,
-    num_key_value_heads: spec.num_kv_heads,
-    head_dim: spec.head_dim,
-    hidden_act: "silu",
-    max_position_embeddings: info.maxPositions,
-    rms_norm_eps: spec.norm_eps,
-    rope_theta: rope.theta,
-    rope_scaling: rope.scaling ?? null,
-    tie_word_embeddings: spec.tie_word_embeddings,
-    attention_bias: false,
-    mlp_bias: false,
-    bos_token_id: info.bosId,
-    eos_token_id: info.eosId,
-    torch_dtype: "float32",
-    use_cache: true,
-  };
-  return JSON.stringify(config, null, 2);
-}
