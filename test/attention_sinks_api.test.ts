@@ -1,7 +1,7 @@
 /** Batches, cache bounds, and every error a user can run into. */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { cp, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DynamicCache } from "@huggingface/transformers";
@@ -129,9 +129,10 @@ describe("errors", () => {
     await assert.rejects(model.forward({ input_ids: ids([]) }), /input_ids is empty/);
   });
 
-  it("an unsupported model_type lists the supported ones", async () => {
+  it("an unsupported model_type lists the supported ones", async (t) => {
     const f = await fixture("gpt2");
     const dir = await mkdtemp(join(tmpdir(), "attention-sinks-jais-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
     await cp(f.dir, dir, { recursive: true });
     const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
     await writeFile(join(dir, "config.json"), JSON.stringify({ ...config, model_type: "jais", architectures: ["JAISLMHeadModel"] }));

@@ -2,7 +2,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, readdir } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -26,7 +26,9 @@ describe("attention-sinks convert", () => {
   it("converts a llama2.c checkpoint that the package then loads and tokenizes", async (t) => {
     const files = sharedFiles(t, "models/stories260K/stories260K.bin", "models/stories260K/tok512.bin");
     if (!files) return;
-    const out = join(await mkdtemp(join(tmpdir(), "attention-sinks-cli-convert-")), "stories260K");
+    const root = await mkdtemp(join(tmpdir(), "attention-sinks-cli-convert-"));
+    t.after(() => rm(root, { recursive: true, force: true }));
+    const out = join(root, "stories260K");
     const result = await cli(["convert", files[0], out, "--tokenizer", files[1]]);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stderr, /converted .*stories260K\.bin -> .* in \d+\.\d s/);
@@ -42,6 +44,7 @@ describe("attention-sinks convert", () => {
     if (!files) return;
     const source = join(files[0], "..");
     const cache = await mkdtemp(join(tmpdir(), "attention-sinks-cache-"));
+    t.after(() => rm(cache, { recursive: true, force: true }));
     const script = `
       const { AutoModelForCausalLM, AutoTokenizer } = await import(${JSON.stringify(new URL("../src/index.js", import.meta.url).href)});
       const model = await AutoModelForCausalLM.from_pretrained(${JSON.stringify(source)}, { attention_sink_window_size: 100 });

@@ -1,4 +1,5 @@
 /** Shared helpers for tests that stream tiny fixture models through transformers.js. */
+import { rmSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +26,7 @@ export function fixture(variant: TinyVariant, max_positions?: number): Promise<F
   if (!made) {
     made = (async () => {
       const dir = await mkdtemp(join(tmpdir(), `attention-sinks-${variant}-`));
+      process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
       const written = await writeTinyModel(dir, variant, { seed: 7, ...(max_positions ? { max_positions } : {}) });
       return { dir, ...written };
     })();
