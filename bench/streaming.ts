@@ -1,7 +1,7 @@
 /**
  * Speed and memory of the sink cache against plain transformers.js, on one model in one process.
  *
- *   npm run bench:latency [-- --tokens 20000 --window 1020 --steps 256]
+ *   npm run bench [-- --tokens 20000 --prompt_tokens 100000 --window 1020 --steps 256]
  *
  * The model is a random-weight Llama-architecture decoder of about 26M parameters (hidden 512, 7 layers,
  * vocab 8192), exported by the package's own graph builder: speed depends on shapes, not on weights.
@@ -9,6 +9,7 @@
  *    attention sinks (4 + 1020) in steady state (evicting every token), with lazy eviction and with
  *    compaction on every token (what copying the cache each step costs).
  * 2. Memory over a long generation: KV bytes and process RSS sampled every 1000 tokens.
+ * 3. A prompt far longer than the cache: peak RSS after a 10,000-token prompt and after a 100,000-token one.
  */
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -25,6 +26,7 @@ import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
 const { values: flags } = parseArgs({
   options: {
     tokens: { type: "string", default: "20000" },
+    prompt_tokens: { type: "string", default: "100000" },
     window: { type: "string", default: "1020" },
     sinks: { type: "string", default: "4" },
     steps: { type: "string", default: "256" },
@@ -37,6 +39,7 @@ const CAPACITY = SINKS + WINDOW;
 const STEPS = Number(flags.steps);
 const ROUNDS = Number(flags.rounds);
 const GENERATE_TOKENS = Number(flags.tokens);
+const PROMPT_TOKENS = Number(flags.prompt_tokens);
 
 transformers.env.allowRemoteModels = false;
 
@@ -160,6 +163,19 @@ async function main(): Promise<void> {
     const rss = settled.map((r) => r.rss);
     console.log(`\nkv_cache_bytes after the cache filled: ${kvValues.size === 1 ? "constant" : "VARIES"} (${[...kvValues].join(", ")})`);
     console.log(`RSS from ${rows[Math.min(2, rows.length - 1)]?.tokens} tokens on: min ${(Math.min(...rss) / 2 ** 20).toFixed(1)} MiB, max ${(Math.max(...rss) / 2 ** 20).toFixed(1)} MiB, spread ${(((Math.max(...rss) - Math.min(...rss)) / Math.min(...rss)) * 100).toFixed(1)}%`);
+
+    // Long prompts: fed in chunks, so peak memory must not grow with the prompt.
+    const mib = (kib: number) => (kib / 1024).toFixed(1);
+    for (const length of [PROMPT_TOKENS / 10, PROMPT_TOKENS]) {
+      const longCache = new DynamicCache();
+      const begun = performance.now();
+      await lazy.generate({ input_ids: prompt(length), max_new_tokens: 1, past_key_values: longCache });
+      const stats = sinkCacheStats(longCache)!;
+      console.log(
+        `${length}-token prompt: ${((performance.now() - begun) / 1000).toFixed(1)} s, cache ${stats.cached_tokens} tokens, ` +
+          `peak RSS so far ${mib(process.resourceUsage().maxRSS)} MiB`,
+      );
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
