@@ -28,7 +28,10 @@ describe("attention-sink options", () => {
   });
 
   it("the default window shrinks to the positions the model addresses; an explicit one is checked", () => {
-    assert.equal(resolveSinkPolicy({}, 512).window_size, 508);
+    // 512 positions: 4 sinks, 32 slots of room for lazy eviction, 476 window
+    assert.deepEqual(resolveSinkPolicy({}, 512), { sink_size: 4, window_size: 476, capacity: 480, compaction_interval: 30 });
+    assert.equal(resolveSinkPolicy({}, 512, null).window_size, 508, "no room needed where slots are not positions");
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, 512).compaction_interval, 0);
     assert.throws(() => resolveSinkPolicy({ attention_sink_size: 600 }, 512), /600 \+ 1 = 601 exceeds the 512 positions/);
   });
 

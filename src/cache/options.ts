@@ -5,7 +5,10 @@
 export interface AttentionSinkOptions {
   /** The first tokens of the stream, kept for ever (default 4; 0 gives plain window attention). */
   attention_sink_size?: number;
-  /** The most recent tokens kept after the sinks (default 1020, or what fits the model's positions). */
+  /**
+   * The most recent tokens kept after the sinks. Default 1020, or less on models that address fewer
+   * positions: what fits with room for `attention_sink_compaction_interval` evicted slots.
+   */
   attention_sink_window_size?: number;
   /**
    * Advanced: how many evicted slots may stay in the buffers (masked out) before they are compacted away.
@@ -26,6 +29,10 @@ export interface SinkPolicy {
   /** sink_size + window_size: the most tokens attention ever sees. */
   capacity: number;
   compaction_interval: number;
+}
+
+function defaultCompactionInterval(capacity: number): number {
+  return Math.min(MAX_DEFAULT_COMPACTION_INTERVAL, Math.max(1, Math.floor(capacity / 16)));
 }
 
 export class AttentionSinkOptionError extends RangeError {
@@ -71,9 +78,12 @@ export function resolveSinkPolicy(
   positionSlack: number | null = maxPositions,
 ): SinkPolicy {
   const sink_size = integerOption("attention_sink_size", options.attention_sink_size ?? DEFAULT_ATTENTION_SINK_SIZE, 0);
-  // The default window shrinks to fit models that address fewer positions; an explicit one never does.
+  // The default window shrinks to fit models that address fewer positions, leaving room for evicted slots
+  // to wait for compaction (a window filling every position would compact on every token); an explicit
+  // window is taken as given and checked.
+  const reserve = positionSlack === null || maxPositions === null ? 0 : defaultCompactionInterval(maxPositions);
   const defaultWindow =
-    maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size));
+    maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size - reserve));
   const window_size = integerOption("attention_sink_window_size", options.attention_sink_window_size ?? defaultWindow, 1);
   const capacity = sink_size + window_size;
   if (maxPositions !== null && capacity > maxPositions) {
@@ -86,7 +96,7 @@ export function resolveSinkPolicy(
   const slack = positionSlack === null ? Infinity : positionSlack - capacity;
   const requested =
     options.attention_sink_compaction_interval === undefined
-      ? Math.min(MAX_DEFAULT_COMPACTION_INTERVAL, Math.max(1, Math.floor(capacity / 16)))
+      ? defaultCompactionInterval(capacity)
       : integerOption("attention_sink_compaction_interval", options.attention_sink_compaction_interval, 0);
   return { sink_size, window_size, capacity, compaction_interval: Math.max(0, Math.min(requested, slack)) };
 }

@@ -46,7 +46,7 @@ export function parseCommandLine(spec: CommandSpec, argv: readonly string[]): Pa
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: joinListValues(spec, argv), options, allowPositionals: true, strict: true });
   } catch (error) {
     throw new UsageError((error as Error).message.replace(/^.*?Unknown option/, "unknown option").replace(/\. To specify.*$/s, ""));
   }
@@ -63,6 +63,22 @@ export function parseCommandLine(spec: CommandSpec, argv: readonly string[]): Pa
     flags[name] = raw === undefined ? flag.default : convert(name, flag, raw);
   }
   return { flags, positionals: parsed.positionals, help: false };
+}
+
+/** `--features a b c` (the seed's space-separated lists) becomes `--features=a,b,c`. */
+function joinListValues(spec: CommandSpec, argv: readonly string[]): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const name = argv[i].startsWith("--") && !argv[i].includes("=") ? argv[i].slice(2) : undefined;
+    if (name === undefined || spec.flags[name]?.type !== "list") {
+      args.push(argv[i]);
+      continue;
+    }
+    const values: string[] = [];
+    while (i + 1 < argv.length && !argv[i + 1].startsWith("-")) values.push(argv[++i]);
+    args.push(values.length ? `--${name}=${values.join(",")}` : argv[i]);
+  }
+  return args;
 }
 
 function convert(name: string, flag: FlagSpec, raw: string | boolean | string[]): FlagValue {

@@ -54,6 +54,24 @@ function scalar(value: number | Tensor | null | undefined): number {
   return value instanceof Tensor ? Number(value.data[0]) : value;
 }
 
+/**
+ * The sink policy a model gets from its config and the options: validated sizes and the compaction interval.
+ * @param takesPositionIds whether the graph takes `position_ids` (RoPE slot positions are only exact then).
+ */
+export function resolveStreamingPolicy(config: ModelConfig, options: AttentionSinkOptions, takesPositionIds = true): AttentionSinkSettings {
+  const { scheme, max_positions, model_type } = resolveGeometry(config);
+  const rope = scheme.kind === "rope";
+  // Masked slots are exact for RoPE with position_ids, ALiBi over attended slots and learned tables; other
+  // graphs (derived RoPE positions, ALiBi over slot indices) compact on every eviction.
+  const lazy = (rope && takesPositionIds) || (scheme.kind === "alibi" && scheme.positions === "mask_cumsum") || scheme.kind === "learned";
+  const policy = resolveSinkPolicy(
+    lazy ? options : { ...options, attention_sink_compaction_interval: 0 },
+    max_positions,
+    rope ? max_positions : null,
+  );
+  return { ...policy, model_type, positions: scheme.kind };
+}
+
 export class StreamingDecoder {
   readonly settings: AttentionSinkSettings;
   private readonly geometry: ModelGeometry;
@@ -71,24 +89,15 @@ export class StreamingDecoder {
     this.takesPositionIds = inputs.has("position_ids");
     this.takesLogitsToKeep = inputs.has("num_logits_to_keep");
     this.takesCacheBranch = inputs.has("use_cache_branch");
-    // Probe the geometry once for the position limit, then resolve it for the positions the cache will use.
-    const probe = resolveGeometry(config);
-    const rope = probe.scheme.kind === "rope";
-    // Slot positions only stay exact when the graph takes them; otherwise compact on every eviction, as also
-    // for ALiBi graphs that measure distance in slots.
-    const lazy = (rope && this.takesPositionIds) || (probe.scheme.kind === "alibi" && probe.scheme.positions === "mask_cumsum") || probe.scheme.kind === "learned";
-    const policy = resolveSinkPolicy(
-      lazy ? options : { ...options, attention_sink_compaction_interval: 0 },
-      probe.max_positions,
-      rope ? probe.max_positions : null,
-    );
+    const policy = resolveStreamingPolicy(config, options, this.takesPositionIds);
+    const rope = policy.positions === "rope";
     this.geometry = resolveGeometry(config, policy.capacity + policy.compaction_interval);
     const scheme = this.geometry.scheme;
     this.positions = {
       rope: scheme.kind === "rope" ? { spec: scheme.rope, inverse_frequencies: scheme.inverse_frequencies } : null,
       position_ids: rope ? "slot" : "attended",
     };
-    this.settings = { ...policy, model_type: this.geometry.model_type, positions: scheme.kind };
+    this.settings = policy;
   }
 
   /** The streaming state behind a cache object, created on first use. */

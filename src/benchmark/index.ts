@@ -1,0 +1,33 @@
+/** The perplexity benchmark: the library behind `attention-sinks perplexity` and `attention-sinks plot`. */
+export { CSV_COLUMNS, CsvLogWriter, OutputExistsError, parseBenchmarkCsv, type BenchmarkColumns } from "./csv.js";
+export { DatasetError, loadTextSamples, type DatasetOptions } from "./dataset.js";
+export { evaluatePerplexity, tokenNll, type EvaluationOptions, type EvaluationResult, type TokenRecord } from "./evaluate.js";
+export {
+  EXPERIMENTS,
+  FullCacheStepper,
+  SinkCacheStepper,
+  loadPlainModel,
+  loadSinkModel,
+  loadStepper,
+  resolveModelPath,
+  sinkLayout,
+  type Experiment,
+  type ExperimentOptions,
+  type TokenStepper,
+} from "./experiments.js";
+export {
+  DEFAULT_PLOT_TITLE,
+  PLOT_FEATURES,
+  plotPaths,
+  plotSpec,
+  readExperimentTables,
+  renderPlot,
+  writePlot,
+  type ExperimentTable,
+  type PlotFeature,
+  type PlotOptions,
+} from "./plot.js";
+export { ProgressBar, formatBytes, type ProgressStream } from "./progress.js";
+export { encodeSample, runPerplexity, type PerplexityRunHooks, type PerplexityRunOptions, type PerplexityRunResult } from "./run.js";
+export { compareStepTime, type StepTimeOptions, type StepTimeResult } from "./speed.js";
+export { summarizeExperiments, summaryTable, type ExperimentSummary } from "./summary.js";

@@ -1,0 +1,103 @@
+/**
+ * What a token of the attention_sinks experiment costs next to the model alone: the experiment's step in
+ * steady state (cache full, evicting every token; the forward pass and its loss, as the CSV's latency counts
+ * it) against a bare onnxruntime run of the same model attending to as many tokens, with its inputs built
+ * beforehand. Rounds of the two alternate, so drifts of the machine's speed fall on both alike.
+ */
+import { Tensor, type PreTrainedModel } from "@huggingface/transformers";
+import type { Tensor as OrtTensor } from "onnxruntime-common";
+import { tokenNll } from "./evaluate.js";
+import { loadPlainModel, loadSinkModel, SinkCacheStepper, type ExperimentOptions } from "./experiments.js";
+
+export interface StepTimeOptions extends ExperimentOptions {
+  /** Token ids to feed (repeated when the run needs more). */
+  tokens: readonly number[];
+  /** Timed tokens per round and side (default 200). */
+  steps?: number;
+  /** Rounds; each time reported is the median over them (default 5). */
+  rounds?: number;
+}
+
+export interface StepTimeResult {
+  /** Tokens every timed forward pass attends to: window_size. */
+  cache_tokens: number;
+  /** Milliseconds per token of the attention_sinks experiment: forward pass through the sink cache and loss. */
+  sink_ms: number;
+  /** Milliseconds per bare onnxruntime forward pass over `cache_tokens` tokens. */
+  bare_ms: number;
+  /** sink_ms / bare_ms. */
+  ratio: number;
+}
+
+interface Session {
+  readonly inputNames: readonly string[];
+  run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function int64(values: readonly number[]): Tensor {
+  return new Tensor("int64", BigInt64Array.from(values, BigInt), [1, values.length]);
+}
+
+export async function compareStepTime(options: StepTimeOptions): Promise<StepTimeResult> {
+  const steps = options.steps ?? 200;
+  const rounds = options.rounds ?? 5;
+  const length = options.window_size;
+  const token = (i: number) => options.tokens[i % options.tokens.length];
+
+  const sink = new SinkCacheStepper(await loadSinkModel("attention_sinks", options));
+  let fed = 0;
+  const sinkSteps = async (count: number) => {
+    for (let end = fed + count; fed < end; fed++) tokenNll(await sink.step(token(fed)), token(fed + 1));
+  };
+  // Past the fill and the first compactions, and warmed up.
+  await sinkSteps(2 * length + steps);
+
+  const bare = await bareForward(await loadPlainModel(options), Array.from({ length }, (_, i) => token(i)));
+  for (let i = 0; i < steps; i++) await bare(token(i));
+
+  const sinkTimes: number[] = [];
+  const bareTimes: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    let start = performance.now();
+    await sinkSteps(steps);
+    sinkTimes.push((performance.now() - start) / steps);
+    start = performance.now();
+    for (let i = 0; i < steps; i++) await bare(token(i));
+    bareTimes.push((performance.now() - start) / steps);
+  }
+  const sink_ms = median(sinkTimes);
+  const bare_ms = median(bareTimes);
+  return { cache_tokens: length, sink_ms, bare_ms, ratio: sink_ms / bare_ms };
+}
+
+/**
+ * A forward pass of the model's onnxruntime session alone: one new token after the keys and values of all
+ * but the last of `context` (computed once), so each pass attends to `context.length` tokens.
+ */
+async function bareForward(model: PreTrainedModel, context: readonly number[]): Promise<(token: number) => Promise<void>> {
+  const session = (model.sessions as Record<string, Session | undefined>).model;
+  if (!session) throw new Error(`${model.constructor.name} has no decoder session "model"`);
+  const past = context.slice(0, -1);
+  const prefill = (await model.forward({ input_ids: int64(past), attention_mask: int64(past.map(() => 1)), past_key_values: null })) as Record<string, Tensor>;
+  const feeds: Record<string, OrtTensor> = {};
+  const fixed: Record<string, Tensor> = {
+    attention_mask: int64(context.map(() => 1)),
+    position_ids: int64([past.length]),
+    num_logits_to_keep: new Tensor("int64", BigInt64Array.of(1n), []),
+    use_cache_branch: new Tensor("bool", [true], [1]),
+  };
+  for (const name of session.inputNames) {
+    const tensor = name.startsWith("past_key_values.") ? prefill[name.replace("past_key_values.", "present.")] : fixed[name];
+    if (tensor) feeds[name] = tensor.ort_tensor as OrtTensor;
+    else if (name !== "input_ids") throw new Error(`the model takes an input ${name} this benchmark does not know`);
+  }
+  return async (token) => {
+    await session.run({ ...feeds, input_ids: int64([token]).ort_tensor as OrtTensor });
+  };
+}

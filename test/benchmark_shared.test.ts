@@ -1,0 +1,90 @@
+/**
+ * The perplexity benchmark on the real shared models and real text: `attention-sinks perplexity`, with each
+ * checkpoint converted on the fly, gives per-token NLLs equal to the StreamingLLM oracle run on the
+ * checkpoint's own weights, for every experiment.
+ */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { AutoTokenizer } from "@huggingface/transformers";
+import type { WeightTensor } from "../src/architecture/decoder_spec.js";
+import { parseBenchmarkCsv, type Experiment } from "../src/benchmark/index.js";
+import { openCheckpoint } from "../src/convert/convert.js";
+import { resolveModelSource } from "../src/convert/index.js";
+import { StreamingReference, referenceNll, type ReferencePolicy } from "../src/reference/streaming_reference.js";
+import { sharedFiles } from "./helpers/shared_data.js";
+
+const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
+const TOLERANCE = 1e-4;
+const SINKS = 4;
+const WINDOW = 16;
+const TOKENS = 48;
+/** Enough of the validation text for TOKENS + 1 tokens with either tokenizer. */
+const TEXT_CHARS = 1500;
+
+const POLICIES: Record<Experiment, ReferencePolicy> = {
+  attention_sinks: { sink_size: SINKS, window_size: WINDOW - SINKS },
+  windowed: { sink_size: 0, window_size: WINDOW },
+  transformers: { sink_size: 0, window_size: null },
+};
+
+const MODELS = [
+  { name: "tinystories-656k", source: "models/tinystories-656k" },
+  { name: "stories260K", source: "models/stories260K/stories260K.bin" },
+];
+
+describe("perplexity on the shared models equals the StreamingLLM oracle", () => {
+  for (const { name, source } of MODELS) {
+    it(`${name}: the first ${TOKENS} NLLs of each experiment on TinyStories text`, async (t) => {
+      const files = sharedFiles(t, source, "data/tinystories_valid.txt");
+      if (!files) return;
+      const [model, text] = files;
+      const dir = await mkdtemp(join(tmpdir(), "attention-sinks-shared-perplexity-"));
+      const data = join(dir, "valid.txt");
+      await writeFile(data, (await readFile(text, "utf8")).slice(0, TEXT_CHARS));
+
+      // Convert once here, so the command-line runs below find the conversion cached.
+      const converted = await resolveModelSource(model);
+      const tokenizer = await AutoTokenizer.from_pretrained(converted, { local_files_only: true });
+      const ids = tokenizer.encode(await readFile(data, "utf8"));
+      assert.ok(ids.length > TOKENS, `${ids.length} tokens`);
+
+      const checkpoint = openCheckpoint(model);
+      const weights = new Map<string, WeightTensor>();
+      try {
+        for (const [weight, entry] of checkpoint.tensors) weights.set(weight, entry.load());
+      } finally {
+        checkpoint.close();
+      }
+
+      await Promise.all(
+        (Object.keys(POLICIES) as Experiment[]).map(async (experiment) => {
+          // The model is named as a user names it: the checkpoint, not the conversion.
+          await promisify(execFile)(process.execPath, [
+            CLI, "perplexity",
+            "--experiment", experiment,
+            "--model_name_or_path", model,
+            "--dataset_name", data,
+            "--output_dir", dir,
+            "--num_tokens", String(TOKENS),
+            "--window_size", String(WINDOW),
+            "--attention_sink_size", String(SINKS),
+          ]);
+          const csv = join(dir, `${experiment}.csv`);
+          const nll = parseBenchmarkCsv(await readFile(csv, "utf8"), csv).nll;
+          assert.equal(nll.length, TOKENS);
+          const oracle = new StreamingReference(checkpoint.spec, weights, POLICIES[experiment]);
+          for (let i = 0; i < TOKENS; i++) {
+            const expected = referenceNll(oracle.forward([ids[i]])[0], ids[i + 1]);
+            assert.ok(Math.abs(nll[i] - expected) < TOLERANCE, `${name}, ${experiment}, token ${i}: ${nll[i]} vs ${expected}`);
+          }
+        }),
+      );
+    });
+  }
+});
