@@ -74,22 +74,27 @@ const token = (t: number) => new Tensor("int64", BigInt64Array.of(BigInt(t)), [1
 const prompt = (n: number) => new Tensor("int64", BigInt64Array.from({ length: n }, (_, i) => BigInt(3 + (i * 7919) % 8000)), [1, n]);
 const ones = (n: number) => new Tensor("int64", new BigInt64Array(n).fill(1n), [1, n]);
 
-/** Per-step milliseconds of plain transformers.js decoding from a cache of CAPACITY tokens. */
-async function plainSteps(model: transformers.PreTrainedModel, steps: number): Promise<number[]> {
+/**
+ * Per-step milliseconds of plain transformers.js decoding from a cache of CAPACITY tokens: the cache is
+ * prefilled short of that and decoded up to it untimed, as the sink model is warmed up, so neither side
+ * pays for the prefill in its timed steps.
+ */
+async function plainSteps(model: transformers.PreTrainedModel, steps: number, warmup: number): Promise<number[]> {
   let past: Record<string, Tensor> = {};
-  const rename = (out: Record<string, Tensor>) => {
-    const next: Record<string, Tensor> = {};
-    for (const [name, tensor] of Object.entries(out)) if (name.startsWith("present.")) next[name.replace("present.", "past_key_values.")] = tensor;
-    return next;
+  const step = async (input: Tensor, length: number) => {
+    const out = await model.forward({ input_ids: input, attention_mask: ones(length), past_key_values: Object.assign(new DynamicCache(), past) });
+    past = {};
+    for (const [name, tensor] of Object.entries(out as Record<string, Tensor>)) {
+      if (name.startsWith("present.")) past[name.replace("present.", "past_key_values.")] = tensor;
+    }
   };
-  const cache = () => Object.assign(new DynamicCache(), past);
-  past = rename(await model.forward({ input_ids: prompt(CAPACITY), attention_mask: ones(CAPACITY), past_key_values: cache() }));
+  await step(prompt(CAPACITY - warmup), CAPACITY - warmup);
+  for (let s = 0; s < warmup; s++) await step(token(4 + s), CAPACITY - warmup + s + 1);
   const times: number[] = [];
   for (let s = 0; s < steps; s++) {
     const start = performance.now();
-    const out = await model.forward({ input_ids: token(5 + s), attention_mask: ones(CAPACITY + s + 1), past_key_values: cache() });
+    await step(token(5 + s), CAPACITY + s + 1);
     times.push(performance.now() - start);
-    past = rename(out);
   }
   return times;
 }
@@ -98,7 +103,7 @@ async function plainSteps(model: transformers.PreTrainedModel, steps: number): P
 async function sinkSteps(model: Awaited<ReturnType<typeof AutoModelForCausalLM.from_pretrained>>, steps: number): Promise<number[]> {
   const cache = new DynamicCache();
   await model.forward({ input_ids: prompt(CAPACITY), past_key_values: cache });
-  for (let s = 0; s < 2 * model.attention_sinks.compaction_interval + 2; s++) await model.forward({ input_ids: token(4 + s), past_key_values: cache });
+  for (let s = 0; s < WARMUP; s++) await model.forward({ input_ids: token(4 + s), past_key_values: cache });
   const times: number[] = [];
   for (let s = 0; s < steps; s++) {
     const start = performance.now();
@@ -107,6 +112,9 @@ async function sinkSteps(model: Awaited<ReturnType<typeof AutoModelForCausalLM.f
   }
   return times;
 }
+
+/** Untimed decode steps after each prefill: at least two compaction cycles of the sink cache. */
+const WARMUP = 160;
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -126,58 +134,70 @@ async function main(): Promise<void> {
     // Plain steps cover cache lengths CAPACITY..CAPACITY+K, the range the lazy sink buffers cycle through.
     const samples: Record<string, number[]> = { plain: [], lazy: [], eager: [] };
     for (let round = 0; round < ROUNDS; round++) {
-      for (let r = 0; r < Math.ceil(STEPS / Math.max(1, K)); r++) samples.plain.push(...(await plainSteps(plain, Math.max(1, K))));
+      for (let r = 0; r < Math.ceil(STEPS / Math.max(1, K)); r++) samples.plain.push(...(await plainSteps(plain, Math.max(1, K), WARMUP)));
       samples.lazy.push(...(await sinkSteps(lazy, STEPS)));
       samples.eager.push(...(await sinkSteps(eager, STEPS)));
     }
     console.log("\ndecode latency per token (ms), cache length " + CAPACITY + (K ? `..${CAPACITY + K}` : ""));
-    console.log("                                          mean    median   ratio (mean)");
+    console.log("                                            mean   median   ratio of means   ratio of medians");
     const row = (name: string, xs: number[]) =>
-      console.log(`${name.padEnd(40)} ${mean(xs).toFixed(3).padStart(7)} ${median(xs).toFixed(3).padStart(8)}   ${(mean(xs) / mean(samples.plain)).toFixed(3)}`);
+      console.log(
+        `${name.padEnd(40)} ${mean(xs).toFixed(3).padStart(7)} ${median(xs).toFixed(3).padStart(8)}   ` +
+          `${(mean(xs) / mean(samples.plain)).toFixed(3).padStart(14)}   ${(median(xs) / median(samples.plain)).toFixed(3).padStart(16)}`,
+      );
     row("plain transformers.js", samples.plain);
     row(`attention sinks (compaction every ${K})`, samples.lazy);
     row("attention sinks (compaction every token)", samples.eager);
 
-    // Memory over a long generation.
-    const cache = new DynamicCache();
-    const rows: { tokens: number; kv: number; buffers: number; rss: number }[] = [];
-    let produced = 0;
-    class MemoryProbe extends BaseStreamer {
-      override put(): void {
-        produced++;
-        if (produced % 1000 === 0) {
-          const stats = sinkCacheStats(cache)!;
-          rows.push({ tokens: stats.seen_tokens, kv: stats.kv_cache_bytes, buffers: stats.kv_buffer_bytes, rss: process.memoryUsage().rss });
-        }
-      }
-      override end(): void {}
-    }
-    const started = performance.now();
-    await lazy.generate({ input_ids: prompt(8), max_new_tokens: GENERATE_TOKENS, min_new_tokens: GENERATE_TOKENS, do_sample: false, past_key_values: cache, streamer: new MemoryProbe() as unknown as transformers.TextStreamer });
-    const seconds = (performance.now() - started) / 1000;
-    console.log(`\n${GENERATE_TOKENS} tokens generated in ${seconds.toFixed(1)} s (${(GENERATE_TOKENS / seconds).toFixed(1)} tokens/s)`);
-    console.log("tokens   kv_cache_bytes   kv_buffer_bytes   rss (MiB)");
-    for (const r of rows) console.log(`${String(r.tokens).padStart(6)}   ${String(r.kv).padStart(14)}   ${String(r.buffers).padStart(15)}   ${(r.rss / 2 ** 20).toFixed(1).padStart(9)}`);
-    const settled = rows.slice(Math.min(2, rows.length - 1));
-    const kvValues = new Set(settled.map((r) => r.kv));
-    const rss = settled.map((r) => r.rss);
-    console.log(`\nkv_cache_bytes after the cache filled: ${kvValues.size === 1 ? "constant" : "VARIES"} (${[...kvValues].join(", ")})`);
-    console.log(`RSS from ${rows[Math.min(2, rows.length - 1)]?.tokens} tokens on: min ${(Math.min(...rss) / 2 ** 20).toFixed(1)} MiB, max ${(Math.max(...rss) / 2 ** 20).toFixed(1)} MiB, spread ${(((Math.max(...rss) - Math.min(...rss)) / Math.min(...rss)) * 100).toFixed(1)}%`);
-
-    // Long prompts: fed in chunks, so peak memory must not grow with the prompt.
-    const mib = (kib: number) => (kib / 1024).toFixed(1);
-    for (const length of [PROMPT_TOKENS / 10, PROMPT_TOKENS]) {
-      const longCache = new DynamicCache();
-      const begun = performance.now();
-      await lazy.generate({ input_ids: prompt(length), max_new_tokens: 1, past_key_values: longCache });
-      const stats = sinkCacheStats(longCache)!;
-      console.log(
-        `${length}-token prompt: ${((performance.now() - begun) / 1000).toFixed(1)} s, cache ${stats.cached_tokens} tokens, ` +
-          `peak RSS so far ${mib(process.resourceUsage().maxRSS)} MiB`,
-      );
-    }
+    if (GENERATE_TOKENS > 0) await memoryOverGeneration(lazy);
+    if (PROMPT_TOKENS > 0) await longPrompts(lazy);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+type StreamingModel = Awaited<ReturnType<typeof AutoModelForCausalLM.from_pretrained>>;
+
+/** KV bytes and RSS every 1000 tokens of a long greedy generation. */
+async function memoryOverGeneration(lazy: StreamingModel): Promise<void> {
+  const cache = new DynamicCache();
+  const rows: { tokens: number; kv: number; buffers: number; rss: number }[] = [];
+  let produced = 0;
+  class MemoryProbe extends BaseStreamer {
+    override put(): void {
+      produced++;
+      if (produced % 1000 === 0) {
+        const stats = sinkCacheStats(cache)!;
+        rows.push({ tokens: stats.seen_tokens, kv: stats.kv_cache_bytes, buffers: stats.kv_buffer_bytes, rss: process.memoryUsage().rss });
+      }
+    }
+    override end(): void {}
+  }
+  const started = performance.now();
+  await lazy.generate({ input_ids: prompt(8), max_new_tokens: GENERATE_TOKENS, min_new_tokens: GENERATE_TOKENS, do_sample: false, past_key_values: cache, streamer: new MemoryProbe() as unknown as transformers.TextStreamer });
+  const seconds = (performance.now() - started) / 1000;
+  console.log(`\n${GENERATE_TOKENS} tokens generated in ${seconds.toFixed(1)} s (${(GENERATE_TOKENS / seconds).toFixed(1)} tokens/s)`);
+  console.log("tokens   kv_cache_bytes   kv_buffer_bytes   rss (MiB)");
+  for (const r of rows) console.log(`${String(r.tokens).padStart(6)}   ${String(r.kv).padStart(14)}   ${String(r.buffers).padStart(15)}   ${(r.rss / 2 ** 20).toFixed(1).padStart(9)}`);
+  const settled = rows.slice(Math.min(2, rows.length - 1));
+  const kvValues = new Set(settled.map((r) => r.kv));
+  const rss = settled.map((r) => r.rss);
+  console.log(`\nkv_cache_bytes after the cache filled: ${kvValues.size === 1 ? "constant" : "VARIES"} (${[...kvValues].join(", ")})`);
+  console.log(`RSS from ${rows[Math.min(2, rows.length - 1)]?.tokens} tokens on: min ${(Math.min(...rss) / 2 ** 20).toFixed(1)} MiB, max ${(Math.max(...rss) / 2 ** 20).toFixed(1)} MiB, spread ${(((Math.max(...rss) - Math.min(...rss)) / Math.min(...rss)) * 100).toFixed(1)}%`);
+}
+
+/** Long prompts are fed in chunks, so peak memory must not grow with the prompt. */
+async function longPrompts(lazy: StreamingModel): Promise<void> {
+  const mib = (kib: number) => (kib / 1024).toFixed(1);
+  for (const length of [PROMPT_TOKENS / 10, PROMPT_TOKENS]) {
+    const longCache = new DynamicCache();
+    const begun = performance.now();
+    await lazy.generate({ input_ids: prompt(length), max_new_tokens: 1, past_key_values: longCache });
+    const stats = sinkCacheStats(longCache)!;
+    console.log(
+      `${length}-token prompt: ${((performance.now() - begun) / 1000).toFixed(1)} s, cache ${stats.cached_tokens} tokens, ` +
+        `peak RSS so far ${mib(process.resourceUsage().maxRSS)} MiB`,
+    );
   }
 }
 

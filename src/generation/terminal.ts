@@ -4,6 +4,7 @@
  */
 import { closeSync, openSync, writeSync } from "node:fs";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
+import { formatBytes } from "../benchmark/progress.js";
 
 /** The text stream: stdout, plus a file when asked. Writes are synchronous, so nothing is lost on exit. */
 export class TextOutput {
@@ -94,22 +95,12 @@ export function maxRssBytes(): number {
 export function describeSample(sample: StreamSample): string {
   return (
     `${count(sample.tokens)} tokens | ${count(sample.tokens_per_second)} tokens/s | ` +
-    `cache ${count(sample.cached_tokens)} of ${count(sample.seen_tokens)} tokens | KV ${bytes(sample.kv_cache_bytes)} | RSS ${bytes(sample.rss_bytes)}`
+    `cache ${count(sample.cached_tokens)} of ${count(sample.seen_tokens)} tokens | KV ${formatBytes(sample.kv_cache_bytes)} | RSS ${formatBytes(sample.rss_bytes)}`
   );
 }
 
 export function count(value: number): string {
   return value.toLocaleString("en-US", { maximumFractionDigits: 1 });
-}
-
-export function bytes(value: number): string {
-  const units = ["B", "KiB", "MiB", "GiB"];
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
 function round(value: number, digits: number): number {

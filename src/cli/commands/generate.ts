@@ -6,10 +6,10 @@ import { text as readStream } from "node:stream/consumers";
 import { random, type DataType, type DeviceType, type Tensor } from "@huggingface/transformers";
 import { AttentionSinkOptionError } from "../../cache/options.js";
 import { EXPERIMENTS, type Experiment } from "../../benchmark/experiments.js";
+import { formatBytes } from "../../benchmark/progress.js";
 import { loadForGeneration, type LoadedModel } from "../../generation/load.js";
 import { GenerationSession, type SamplingOptions, type TurnResult } from "../../generation/session.js";
 import {
-  bytes,
   count,
   describeSample,
   handleInterrupts,
@@ -22,9 +22,8 @@ import {
 } from "../../generation/terminal.js";
 import { UsageError, type FlagSpec, type FlagValue } from "../args.js";
 import type { Command } from "../command.js";
+import { DEVICES, DTYPES } from "../model_flags.js";
 
-const DTYPES = ["auto", "fp32", "fp16", "q8", "int8", "uint8", "q4", "bnb4", "q4f16"] as const satisfies readonly DataType[];
-const DEVICES = ["auto", "cpu", "gpu", "cuda", "dml", "coreml", "webgpu", "wasm"] as const satisfies readonly DeviceType[];
 
 export const MODEL_FLAG: Readonly<Record<string, FlagSpec>> = {
   model_name_or_path: {
@@ -117,8 +116,8 @@ export function describeSetup(loaded: LoadedModel, experiment: Experiment, sampl
 export function describeSummary(result: { new_tokens: number; seconds: number; stopped: string }, stats: StreamSample): string[] {
   return [
     `${count(result.new_tokens)} tokens in ${result.seconds.toFixed(1)} s (${count(stats.tokens_per_second)} tokens/s); stopped: ${result.stopped}`,
-    `cache: ${count(stats.cached_tokens)} of ${count(stats.seen_tokens)} tokens attended; KV ${bytes(stats.kv_cache_bytes)} ` +
-      `(buffers ${bytes(stats.kv_buffer_bytes)}); peak RSS ${bytes(maxRssBytes())}`,
+    `cache: ${count(stats.cached_tokens)} of ${count(stats.seen_tokens)} tokens attended; KV ${formatBytes(stats.kv_cache_bytes)} ` +
+      `(buffers ${formatBytes(stats.kv_buffer_bytes)}); peak RSS ${formatBytes(maxRssBytes())}`,
   ];
 }
 

@@ -7,9 +7,8 @@ import { ProgressBar } from "../../benchmark/progress.js";
 import { runPerplexity } from "../../benchmark/run.js";
 import { UsageError, type CommandSpec, type ParsedArgs } from "../args.js";
 import type { Command } from "../command.js";
+import { DEVICES, DTYPES } from "../model_flags.js";
 
-const DTYPES = ["auto", "fp32", "fp16", "q8", "int8", "uint8", "q4", "bnb4", "q4f16"] as const;
-const DEVICES = ["auto", "cpu", "cuda", "dml", "coreml", "webgpu"] as const;
 /** Exit codes of a run stopped by a signal, as a shell reports them (128 + signal number). */
 const SIGNAL_EXIT: Record<"SIGINT" | "SIGTERM", number> = { SIGINT: 130, SIGTERM: 143 };
 
