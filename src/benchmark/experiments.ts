@@ -4,7 +4,6 @@
  * with its full, ever-growing cache.
  */
 import { existsSync } from "node:fs";
-import { resolve } from "node:path";
 import * as transformers from "@huggingface/transformers";
 import { DynamicCache, Tensor, type PreTrainedModel, type PretrainedModelOptions } from "@huggingface/transformers";
 import { AttentionSinkOptionError } from "../cache/options.js";
@@ -45,13 +44,10 @@ export function sinkLayout(experiment: Exclude<Experiment, "transformers">, opti
   return { sinks, recent };
 }
 
-/**
- * What transformers.js loads for a model name: a local model directory (a checkpoint converted first), as an
- * absolute path since transformers.js reads some relative paths as Hub ids, or the Hub id itself.
- */
+/** What transformers.js loads for a model name (see resolveModelSource), and whether it is on disk. */
 export async function resolveModelPath(nameOrPath: string): Promise<{ path: string; local: boolean }> {
-  const source = await resolveModelSource(existsSync(nameOrPath) ? resolve(nameOrPath) : nameOrPath);
-  return existsSync(source) ? { path: resolve(source), local: true } : { path: source, local: false };
+  const path = await resolveModelSource(nameOrPath);
+  return { path, local: existsSync(path) };
 }
 
 function loadingOptions(options: ExperimentOptions, local: boolean): PretrainedModelOptions {

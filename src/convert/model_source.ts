@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
-import { basename, isAbsolute, join } from "node:path";
+import { basename, isAbsolute, join, resolve } from "node:path";
 import { openCheckpoint, writeModelDirectory } from "./convert.js";
 import { ConversionError } from "./errors.js";
 
@@ -24,19 +24,19 @@ export const DEFAULT_CONVERSION_CACHE = process.env.ATTENTION_SINKS_CACHE || joi
 const CACHE_FORMAT = "attention-sinks-convert/1";
 
 /**
- * What to hand `from_pretrained` for `nameOrPath`: the input itself when it is a transformers.js model
- * directory or not a local path (a Hub id), otherwise the cached conversion of the checkpoint it names,
- * converting it first if needed.
+ * What to hand `from_pretrained` for `nameOrPath`: a Hub id as given; the absolute path of a transformers.js
+ * model directory (transformers.js reads relative paths such as `models/x` as Hub ids); otherwise the cached
+ * conversion of the checkpoint it names, converting it first if needed.
  */
 export async function resolveModelSource(nameOrPath: string, options: ResolveModelSourceOptions = {}): Promise<string> {
   if (!existsSync(nameOrPath)) {
     if (looksLikeLocalPath(nameOrPath)) throw new ConversionError(nameOrPath, "does not exist");
     return nameOrPath;
   }
-  if (isTransformersJsDirectory(nameOrPath)) return nameOrPath;
+  if (isTransformersJsDirectory(nameOrPath)) return resolve(nameOrPath);
   const checkpoint = openCheckpoint(nameOrPath, options.tokenizer);
   try {
-    const target = join(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));
+    const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));
     if (isTransformersJsDirectory(target)) return target;
     try {
       await writeModelDirectory(checkpoint, target);

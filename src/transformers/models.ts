@@ -4,8 +4,6 @@
  */
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
 import { resolveModelSource } from "../convert/index.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./streaming_decoder.js";
@@ -20,20 +18,12 @@ interface PretrainedLoader {
   from_pretrained(id: string, options?: PretrainedModelOptions): Promise<PreTrainedModel>;
 }
 
-/**
- * What a user names as a model, made loadable: a local path becomes absolute (transformers.js would read
- * `models/x` as a Hub id), and a checkpoint (safetensors directory, llama2.c, GGUF) is converted once.
- */
-async function resolveSource(nameOrPath: string): Promise<string> {
-  return resolveModelSource(existsSync(nameOrPath) ? resolve(nameOrPath) : nameOrPath);
-}
-
 /** A loader class whose `from_pretrained` returns the transformers.js model with attention sinks enabled. */
 function streamingLoader<B extends PretrainedLoader>(Base: B) {
   return class {
     static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
       const { sink, rest } = splitSinkOptions(options);
-      const model = await Base.from_pretrained(await resolveSource(id), rest);
+      const model = await Base.from_pretrained(await resolveModelSource(id), rest);
       return enableAttentionSinks(model, sink);
     }
     /** Models loaded through this class are instances of the transformers.js class. */
@@ -75,7 +65,7 @@ export class AutoTokenizer {
     id: string,
     options?: Parameters<typeof transformers.AutoTokenizer.from_pretrained>[1],
   ): ReturnType<typeof transformers.AutoTokenizer.from_pretrained> {
-    return transformers.AutoTokenizer.from_pretrained(await resolveSource(id), options);
+    return transformers.AutoTokenizer.from_pretrained(await resolveModelSource(id), options);
   }
 }
 
@@ -90,7 +80,7 @@ export async function pipeline<T extends PipelineType>(
 ): ReturnType<typeof transformers.pipeline<T>> {
   const { sink, rest } = splitSinkOptions(options);
   if (task !== "text-generation") return transformers.pipeline(task, model, rest);
-  const pipe = await transformers.pipeline(task, model === undefined ? undefined : await resolveSource(model), rest);
+  const pipe = await transformers.pipeline(task, model === undefined ? undefined : await resolveModelSource(model), rest);
   enableAttentionSinks((pipe as unknown as { model: PreTrainedModel }).model, sink);
   return pipe;
 }
