@@ -8,6 +8,7 @@ import { DynamicCache } from "@huggingface/transformers";
 import {
   AttentionSinkOptionError,
   AutoModelForCausalLM,
+  AutoTokenizer,
   LlamaForCausalLM,
   SinkCacheError,
   UnsupportedModelError,
@@ -17,6 +18,7 @@ import {
 import * as transformers from "@huggingface/transformers";
 import { StreamingReference } from "../src/reference/streaming_reference.js";
 import { StreamingDecoder } from "../src/transformers/streaming_decoder.js";
+import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
 import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./helpers/streaming.js";
 
 describe("batches", () => {
@@ -153,6 +155,27 @@ describe("drop-in entry points", () => {
     const pipe = await pipeline("text-generation", f.dir, { local_files_only: true, attention_sink_size: 2, attention_sink_window_size: 5 });
     const streaming = (pipe as unknown as { model: { attention_sinks: { sink_size: number; window_size: number } } }).model;
     assert.deepEqual([streaming.attention_sinks.sink_size, streaming.attention_sinks.window_size], [2, 5]);
+  });
+
+  it("pipeline() text generation goes through the sink cache past its size", async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "attention-sinks-pipeline-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await writeTinyTextModel(dir, "llama", { seed: 3 });
+    const options = { local_files_only: true, attention_sink_size: 2, attention_sink_window_size: 6 };
+    const pipe = (await pipeline("text-generation", dir, options)) as unknown as (
+      text: string,
+      options: object,
+    ) => Promise<{ generated_text: string }[]>;
+    const [{ generated_text }] = await pipe("once upon a time", { max_new_tokens: 30, do_sample: false });
+    // the same greedy stream through the model directly, and through the oracle's cache size
+    const model = await AutoModelForCausalLM.from_pretrained(dir, options);
+    const tokenizer = await AutoTokenizer.from_pretrained(dir);
+    const inputs = tokenizer("once upon a time");
+    const sequences = (await model.generate({ ...inputs, max_new_tokens: 30, do_sample: false })) as transformers.Tensor;
+    assert.equal(generated_text, tokenizer.decode(Array.from(sequences.data as BigInt64Array, Number), { skip_special_tokens: true }));
+    const plain = await transformers.pipeline("text-generation", dir, { local_files_only: true });
+    const [{ generated_text: unbounded }] = await (plain as unknown as typeof pipe)("once upon a time", { max_new_tokens: 30, do_sample: false });
+    assert.notEqual(generated_text, unbounded, "a cache of 8 tokens must change a 30-token continuation");
   });
 
   it("defaults to 4 sinks and a 1020 window where the model addresses that many positions", async () => {
