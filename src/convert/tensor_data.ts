@@ -1,33 +1,16 @@
 /**
  * Reading float tensors stored as f32, f16 or bf16 and widening them to float32 (what the ONNX writer takes).
  */
+import { float16ToFloat32Table } from "../onnx/float16.js";
 import type { BoundedReader } from "./bounded_reader.js";
 
 export type FloatEncoding = "f32" | "f16" | "bf16";
 
 const BYTES_PER_ELEMENT: Readonly<Record<FloatEncoding, number>> = { f32: 4, f16: 2, bf16: 2 };
 
-let halfTable: Float32Array | undefined;
-
-/** Every f16 bit pattern as float32, built on first use (256 KiB) so widening is one lookup per value. */
-function halfToFloatTable(): Float32Array {
-  if (!halfTable) {
-    halfTable = new Float32Array(65536);
-    for (let bits = 0; bits < 65536; bits++) {
-      const sign = bits & 0x8000 ? -1 : 1;
-      const exponent = (bits >> 10) & 0x1f;
-      const fraction = bits & 0x3ff;
-      if (exponent === 0) halfTable[bits] = sign * fraction * 2 ** -24;
-      else if (exponent === 31) halfTable[bits] = fraction ? NaN : sign * Infinity;
-      else halfTable[bits] = sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
-    }
-  }
-  return halfTable;
-}
-
 /** The float32 value of one f16 bit pattern. */
 export function halfToFloat(bits: number): number {
-  return halfToFloatTable()[bits];
+  return float16ToFloat32Table()[bits];
 }
 
 /** Reads `count` values stored as `encoding` at `offset`, as float32. */
@@ -43,7 +26,7 @@ export function readFloats(
   const source = new Uint16Array(bytes, 0, count);
   const out = new Float32Array(count);
   if (encoding === "f16") {
-    const table = halfToFloatTable();
+    const table = float16ToFloat32Table();
     for (let i = 0; i < count; i++) out[i] = table[source[i]];
   } else {
     // bf16 is the top half of a float32.

@@ -50,8 +50,10 @@ export interface WeightSource {
 }
 
 export interface OnnxExportOptions {
-  /** How weights are stored. Inputs, outputs, activations and the KV cache are float32 either way. Default fp32. */
+  /** How weights are stored. Inputs, outputs and activations are float32 either way. Default fp32. */
   dtype?: "fp32" | "fp16";
+  /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
+  kv_dtype?: "fp32" | "fp16";
   /**
    * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
    * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
@@ -75,7 +77,7 @@ export function buildDecoderOnnx(
 ): Uint8Array {
   validateSpec(spec);
   for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
-  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", options.kv_dtype ?? "fp32", inlineWeight));
   const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
   let offset = 0;
   for (const chunk of chunks) {
@@ -113,7 +115,7 @@ export async function writeDecoderOnnx(
     externalOrder.push(weight);
     return range;
   };
-  const chunks = encodeModel(decoderGraph(spec, dtype, external ? placeExternally : inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, dtype, options.kv_dtype ?? "fp32", external ? placeExternally : inlineWeight));
   protobufSize(chunks, "lower external_data_threshold_bytes");
 
   const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
@@ -243,8 +245,8 @@ interface RotaryTables {
   rotaryDim: number;
 }
 
-function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
-  return new DecoderGraph(spec, dtype, place).build();
+function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, kvDtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
+  return new DecoderGraph(spec, dtype, kvDtype, place).build();
 }
 
 class DecoderGraph {
@@ -256,6 +258,7 @@ class DecoderGraph {
   constructor(
     private readonly spec: DecoderSpec,
     private readonly dtype: WeightDtype,
+    private readonly kvDtype: WeightDtype,
     private readonly place: WeightPlacement,
   ) {
     this.shapes = weightShapes(spec);
@@ -277,9 +280,10 @@ class DecoderGraph {
     for (let i = 0; i < spec.num_layers; i++) {
       for (const kind of ["key", "value"]) {
         const pastDims = ["batch_size", num_kv_heads, "past_sequence_length", head_dim];
-        inputs.push({ name: `past_key_values.${i}.${kind}`, elemType: DataType.FLOAT, dims: pastDims });
+        const kvType = this.kvDtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+        inputs.push({ name: `past_key_values.${i}.${kind}`, elemType: kvType, dims: pastDims });
         const presentDims = ["batch_size", num_kv_heads, "total_sequence_length", head_dim];
-        outputs.push({ name: `present.${i}.${kind}`, elemType: DataType.FLOAT, dims: presentDims });
+        outputs.push({ name: `present.${i}.${kind}`, elemType: kvType, dims: presentDims });
       }
     }
 
@@ -481,8 +485,17 @@ class DecoderGraph {
       keys = this.rotate(keys, inputs.rotary);
     }
     const axis2 = [intAttribute("axis", 2)];
-    const allKeys = g.op("Concat", [`past_key_values.${index}.key`, keys], `present.${index}.key`, axis2);
-    const allValues = g.op("Concat", [`past_key_values.${index}.value`, values], `present.${index}.value`, axis2);
+    // present = past + new in the cache's type; attention itself always runs in float32.
+    const cached = (kind: "key" | "value", fresh: string) => {
+      const past = `past_key_values.${index}.${kind}`;
+      const present = `present.${index}.${kind}`;
+      if (this.kvDtype === "fp32") return g.op("Concat", [past, fresh], present, axis2);
+      const half = g.op("Cast", [fresh], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+      const stored = g.op("Concat", [past, half], present, axis2);
+      return g.op("Cast", [stored], `${prefix}.${kind}.cached`, [intAttribute("to", DataType.FLOAT)]);
+    };
+    const allKeys = cached("key", keys);
+    const allValues = cached("value", values);
 
     // GQA without copying keys: the query heads sharing a KV head are stacked along the sequence axis
     // ([B, H, n, D] -> [B, kvH, group * n, D]), so one MatMul per KV head serves its whole group.

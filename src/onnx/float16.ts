@@ -1,4 +1,4 @@
-/** IEEE 754 binary16 conversion for fp16 weight storage. */
+/** IEEE 754 binary16 conversion, both ways: fp16 weights and caches are held as their raw bits (Uint16Array). */
 
 const scratch = new Float32Array(1);
 const scratchBits = new Uint32Array(scratch.buffer);
@@ -36,4 +36,22 @@ function roundShift(value: number, shift: number): number {
   const remainder = value & ((1 << shift) - 1);
   const half = 1 << (shift - 1);
   return remainder > half || (remainder === half && (truncated & 1) === 1) ? truncated + 1 : truncated;
+}
+
+let halfTable: Float32Array | undefined;
+
+/** Every float16 bit pattern as float32, built on first use (256 KiB) so widening is one lookup per value. */
+export function float16ToFloat32Table(): Float32Array {
+  if (!halfTable) {
+    halfTable = new Float32Array(65536);
+    for (let bits = 0; bits < 65536; bits++) {
+      const sign = bits & 0x8000 ? -1 : 1;
+      const exponent = (bits >> 10) & 0x1f;
+      const fraction = bits & 0x3ff;
+      if (exponent === 0) halfTable[bits] = sign * fraction * 2 ** -24;
+      else if (exponent === 31) halfTable[bits] = fraction ? NaN : sign * Infinity;
+      else halfTable[bits] = sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+    }
+  }
+  return halfTable;
 }
