@@ -14,6 +14,7 @@
  */
 import { Tensor } from "@huggingface/transformers";
 import { KeyRotation, type RopeSpec } from "../positions/rope.js";
+import { allocateKv, copyKv, readAsFloat32, rotateRows, writeFromFloat32, type KvArray, type KvType } from "./kv_data.js";
 import type { SinkPolicy } from "./options.js";
 
 /** What the cache needs to know about the model's positions. */
@@ -31,6 +32,8 @@ export interface CacheLayout {
   num_layers: number;
   num_kv_heads: number;
   head_dim: number;
+  /** The element type of the model's KV cache. */
+  kv_type: KvType;
 }
 
 export interface SinkCacheStats {
@@ -85,8 +88,10 @@ export class SinkCacheState {
   /** Masked slots between the sinks and the window. */
   private evicted = 0;
   private seen = 0;
-  /** Keys of the sink tokens as first written (rotated at their own position), per layer. */
+  /** Keys of the sink tokens as first written (rotated at their own position), per layer, in float32. */
   private readonly sinkKeys: Float32Array[] = [];
+  /** Room to rotate the sinks of one row through float32 when the cache holds float16. */
+  private sinkScratch = new Float32Array(0);
   private sinksKept = 0;
   /** The rotation the sink keys in the buffers currently carry. */
   private sinkShift = 0;
@@ -108,7 +113,8 @@ export class SinkCacheState {
   }
 
   get stats(): SinkCacheStats {
-    const bytesPerSlot = this.batch * this.layout.num_kv_heads * this.layout.head_dim * 4 * 2 * this.layout.num_layers;
+    const bytesPerValue = this.layout.kv_type === "float32" ? 4 : 2;
+    const bytesPerSlot = this.batch * this.layout.num_kv_heads * this.layout.head_dim * bytesPerValue * 2 * this.layout.num_layers;
     return {
       seen_tokens: this.seen,
       cached_tokens: this.attended,
@@ -200,10 +206,9 @@ export class SinkCacheState {
           `attention-sinks moves keys on the CPU; this session returns its KV cache as "${key.location}": keep session outputs on the CPU (the transformers.js default)`,
         );
       }
-      if (key.type !== "float32" || presentValues[i].type !== "float32") {
-        throw new SinkCacheError(
-          `attention-sinks moves keys in float32; this model's KV cache is ${key.type}: load it with dtype "fp32" (or a quantized dtype whose cache is float32)`,
-        );
+      const { kv_type } = this.layout;
+      if (key.type !== kv_type || presentValues[i].type !== kv_type || !(key.data instanceof (kv_type === "float32" ? Float32Array : Uint16Array))) {
+        throw new SinkCacheError(`the model returned a ${key.type} KV cache where its inputs declare ${kv_type}`);
       }
       this.entries[this.keyNames[i]] = key;
       this.entries[this.valueNames[i]] = presentValues[i];
@@ -219,10 +224,12 @@ export class SinkCacheState {
     this.fingerprint = new StreamFingerprint(batch);
     const { num_kv_heads, head_dim } = this.layout;
     for (let i = 0; i < this.layout.num_layers; i++) {
-      this.entries[this.keyNames[i]] = new Tensor("float32", new Float32Array(0), [batch, num_kv_heads, 0, head_dim]);
-      this.entries[this.valueNames[i]] = new Tensor("float32", new Float32Array(0), [batch, num_kv_heads, 0, head_dim]);
+      const { kv_type } = this.layout;
+      this.entries[this.keyNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
+      this.entries[this.valueNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
       if (this.positions.rope) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
     }
+    this.sinkScratch = new Float32Array(this.policy.sink_size * head_dim);
   }
 
   /** Copies newly written sink keys while they still carry their own position's rotation. */
@@ -232,13 +239,11 @@ export class SinkCacheState {
       const { head_dim } = this.layout;
       const rows = this.batch * this.layout.num_kv_heads;
       for (let i = 0; i < this.layout.num_layers; i++) {
-        const keys = this.entries[this.keyNames[i]].data as Float32Array;
+        const keys = this.entries[this.keyNames[i]].data as KvArray;
         for (let r = 0; r < rows; r++) {
           const from = (r * this.slots + this.sinksKept) * head_dim;
-          this.sinkKeys[i].set(
-            keys.subarray(from, from + (kept - this.sinksKept) * head_dim),
-            (r * this.policy.sink_size + this.sinksKept) * head_dim,
-          );
+          const to = (r * this.policy.sink_size + this.sinksKept) * head_dim;
+          readAsFloat32(keys, from, (kept - this.sinksKept) * head_dim, this.sinkKeys[i], to);
         }
       }
     }
@@ -263,9 +268,9 @@ export class SinkCacheState {
     const rotation = this.rotation(distance);
     const rows = this.batch * num_kv_heads;
     for (let i = 0; i < this.layout.num_layers; i++) {
-      const keys = this.entries[this.keyNames[i]].data as Float32Array;
+      const keys = this.entries[this.keyNames[i]].data as KvArray;
       for (let r = 0; r < rows; r++) {
-        rotation.apply(this.sinkKeys[i], r * this.policy.sink_size * head_dim, keys, r * this.slots * head_dim, sinks);
+        rotateRows(rotation, this.sinkKeys[i], r * this.policy.sink_size * head_dim, keys, r * this.slots * head_dim, sinks, this.sinkScratch);
       }
     }
     this.sinkShift = distance;
@@ -273,37 +278,37 @@ export class SinkCacheState {
 
   /** Copies the attended slots into fresh buffers: sinks back at their own positions, window shifted down. */
   private compact(): void {
-    const { head_dim, num_kv_heads } = this.layout;
+    const { head_dim, num_kv_heads, kv_type } = this.layout;
     const sinks = this.sinksKept;
     const kept = this.attended;
     const windowLength = kept - sinks;
     const windowStart = sinks + this.evicted;
     const rows = this.batch * num_kv_heads;
     const rotation = this.positions.rope && this.positions.position_ids === "slot" ? this.rotation(-this.evicted) : null;
+    const scratch = rotation && kv_type !== "float32" ? new Float32Array(windowLength * head_dim) : this.sinkScratch;
     for (let i = 0; i < this.layout.num_layers; i++) {
-      const oldKeys = this.entries[this.keyNames[i]].data as Float32Array;
-      const oldValues = this.entries[this.valueNames[i]].data as Float32Array;
-      const keys = new Float32Array(rows * kept * head_dim);
-      const values = new Float32Array(rows * kept * head_dim);
+      const oldKeys = this.entries[this.keyNames[i]].data as KvArray;
+      const oldValues = this.entries[this.valueNames[i]].data as KvArray;
+      const keys = allocateKv(kv_type, rows * kept * head_dim);
+      const values = allocateKv(kv_type, rows * kept * head_dim);
       for (let r = 0; r < rows; r++) {
         const from = r * this.slots * head_dim;
         const to = r * kept * head_dim;
-        values.set(oldValues.subarray(from, from + sinks * head_dim), to);
-        values.set(oldValues.subarray(from + windowStart * head_dim, from + this.slots * head_dim), to + sinks * head_dim);
+        const windowFrom = from + windowStart * head_dim;
+        const windowTo = to + sinks * head_dim;
+        copyKv(oldValues, from, sinks * head_dim, values, to);
+        copyKv(oldValues, windowFrom, windowLength * head_dim, values, windowTo);
         if (this.positions.rope) {
-          keys.set(this.sinkKeys[i].subarray(r * this.policy.sink_size * head_dim, (r * this.policy.sink_size + sinks) * head_dim), to);
+          writeFromFloat32(this.sinkKeys[i], r * this.policy.sink_size * head_dim, sinks * head_dim, keys, to);
         } else {
-          keys.set(oldKeys.subarray(from, from + sinks * head_dim), to);
+          copyKv(oldKeys, from, sinks * head_dim, keys, to);
         }
-        if (rotation) {
-          rotation.apply(oldKeys, from + windowStart * head_dim, keys, to + sinks * head_dim, windowLength);
-        } else {
-          keys.set(oldKeys.subarray(from + windowStart * head_dim, from + this.slots * head_dim), to + sinks * head_dim);
-        }
+        if (rotation) rotateRows(rotation, oldKeys, windowFrom, keys, windowTo, windowLength, scratch);
+        else copyKv(oldKeys, windowFrom, windowLength * head_dim, keys, windowTo);
       }
       const dims = [this.batch, num_kv_heads, kept, head_dim];
-      this.entries[this.keyNames[i]] = new Tensor("float32", keys, dims);
-      this.entries[this.valueNames[i]] = new Tensor("float32", values, dims);
+      this.entries[this.keyNames[i]] = new Tensor(kv_type, keys, dims);
+      this.entries[this.valueNames[i]] = new Tensor(kv_type, values, dims);
     }
     this.slots = kept;
     this.evicted = 0;

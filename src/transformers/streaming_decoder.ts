@@ -8,12 +8,14 @@
 import { DynamicCache, Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import { resolveSinkPolicy, type AttentionSinkOptions, type SinkPolicy } from "../cache/options.js";
-import { SinkCacheError, SinkCacheState, type CachePositions, type SinkCacheStats } from "../cache/sink_cache.js";
+import type { KvType } from "../cache/kv_data.js";
+import { SinkCacheError, SinkCacheState, type CacheLayout, type CachePositions, type SinkCacheStats } from "../cache/sink_cache.js";
 import { resolveGeometry, type ModelConfig, type ModelGeometry } from "../positions/families.js";
 
 /** The part of an onnxruntime InferenceSession this module uses. */
 interface DecoderSession {
   readonly inputNames: readonly string[];
+  readonly inputMetadata?: readonly { readonly name: string; readonly type?: string }[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
 }
 
@@ -74,7 +76,7 @@ export function resolveStreamingPolicy(config: ModelConfig, options: AttentionSi
 
 export class StreamingDecoder {
   readonly settings: AttentionSinkSettings;
-  private readonly geometry: ModelGeometry;
+  private readonly layout: CacheLayout;
   private readonly positions: CachePositions;
   private readonly takesPositionIds: boolean;
   private readonly takesLogitsToKeep: boolean;
@@ -91,8 +93,9 @@ export class StreamingDecoder {
     this.takesCacheBranch = inputs.has("use_cache_branch");
     const policy = resolveStreamingPolicy(config, options, this.takesPositionIds);
     const rope = policy.positions === "rope";
-    this.geometry = resolveGeometry(config, policy.capacity + policy.compaction_interval);
-    const scheme = this.geometry.scheme;
+    const geometry = resolveGeometry(config, policy.capacity + policy.compaction_interval);
+    this.layout = { ...geometry, kv_type: kvType(session) };
+    const scheme = geometry.scheme;
     this.positions = {
       rope: scheme.kind === "rope" ? { spec: scheme.rope, inverse_frequencies: scheme.inverse_frequencies } : null,
       position_ids: rope ? "slot" : "attended",
@@ -115,13 +118,13 @@ export class StreamingDecoder {
       );
     }
     const entries = cache as unknown as Record<string, Tensor>;
-    const state = new SinkCacheState(this.settings, this.geometry, this.positions, entries);
+    const state = new SinkCacheState(this.settings, this.layout, this.positions, entries);
     streams.set(cache, { owner: this, state });
     return state;
   }
 
   private compatible(other: StreamingDecoder): boolean {
-    return JSON.stringify(other.settings) === JSON.stringify(this.settings) && other.geometry.num_layers === this.geometry.num_layers;
+    return JSON.stringify(other.settings) === JSON.stringify(this.settings) && other.layout.num_layers === this.layout.num_layers && other.layout.kv_type === this.layout.kv_type;
   }
 
   async forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput> {
@@ -185,7 +188,7 @@ export class StreamingDecoder {
     const outputs = await this.session.run(ortFeeds);
     const keys: Tensor[] = [];
     const values: Tensor[] = [];
-    for (let i = 0; i < this.geometry.num_layers; i++) {
+    for (let i = 0; i < this.layout.num_layers; i++) {
       const key = outputs[`present.${i}.key`];
       const value = outputs[`present.${i}.value`];
       if (!key || !value) throw new SinkCacheError(`the model returned no present.${i}.key/value: it does not follow the transformers.js decoder contract`);
@@ -244,6 +247,15 @@ export class StreamingDecoder {
     modelInputs.position_ids = null;
     return modelInputs;
   }
+}
+
+/** The element type of the session's KV cache inputs (float32 when the session does not say). */
+function kvType(session: DecoderSession): KvType {
+  const type = session.inputMetadata?.find((input) => input.name === "past_key_values.0.key")?.type ?? "float32";
+  if (type !== "float32" && type !== "float16") {
+    throw new SinkCacheError(`attention-sinks streams float32 and float16 KV caches; this model's cache is ${type}`);
+  }
+  return type;
 }
 
 function sliceColumns(ids: BigInt64Array, batch: number, length: number, start: number, n: number): BigInt64Array {
