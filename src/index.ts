@@ -51,3 +51,18 @@ export {
 export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
 export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";
 export { ConversionError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
+export {
+  evaluatePerplexity,
+  loadTextSamples,
+  readExperimentTables,
+  runPerplexity,
+  writePlot,
+  type EvaluationOptions,
+  type PerplexityRunOptions,
+  type PlotOptions,
+  type TokenRecord,
+} from "./benchmark/index.js";
+export { GenerationSession, type SamplingOptions, type TurnOptions, type TurnResult } from "./generation/session.js";
+export { Chat, parsePrompts } from "./generation/chat.js";
+export { TopKTopPFilter, WindowedRepetitionPenalty } from "./generation/logits_processors.js";
+export { IncrementalTextDecoder } from "./generation/text_decoder.js";
