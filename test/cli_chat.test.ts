@@ -4,50 +4,21 @@
  */
 import { before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseCommandLine, UsageError } from "../src/cli/args.js";
 import { chatCommand } from "../src/cli/commands/chat.js";
 import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
+import { jsonLines, runCli, type CliOptions } from "./helpers/cli.js";
 import { sharedFiles } from "./helpers/shared_data.js";
 
-const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `attention-sinks chat` with `input` on stdin; with `interrupt`, one SIGINT once stdout has that many characters. */
-function chat(args: readonly string[], options: { input?: string; interrupt?: number } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, "chat", ...args], { stdio: "pipe" });
-    const run = { stdout: "", stderr: "" };
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-      run.stdout += chunk;
-      if (options.interrupt !== undefined && run.stdout.length >= options.interrupt && options.interrupt >= 0) {
-        options.interrupt = -1;
-        child.kill("SIGINT");
-      }
-    });
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (run.stderr += chunk));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, ...run }));
-    child.stdin.end(options.input ?? "");
-  });
-}
+const chat = (args: readonly string[], options?: CliOptions) => runCli(["chat", ...args], options);
 
 type Record = { [key: string]: number | string };
 
 async function records(path: string): Promise<Record[]> {
-  return (await readFile(path, "utf8"))
-    .trim()
-    .split("\n")
-    .map((line) => JSON.parse(line) as Record);
+  return jsonLines(await readFile(path, "utf8"));
 }
 
 let scratch = "";

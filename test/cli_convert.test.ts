@@ -7,20 +7,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { AutoModelForCausalLM, AutoTokenizer } from "../src/index.js";
+import { runCli } from "./helpers/cli.js";
 import { sharedFiles } from "./helpers/shared_data.js";
 
 const run = promisify(execFile);
-const CLI = new URL("../src/cli/main.js", import.meta.url).pathname;
 
-async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { env: { ...process.env, ...env } });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => runCli(args, { env });
 
 describe("attention-sinks convert", () => {
   it("converts a llama2.c checkpoint that the package then loads and tokenizes", async (t) => {

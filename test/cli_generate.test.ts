@@ -4,51 +4,14 @@
  */
 import { before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseCommandLine, UsageError } from "../src/cli/args.js";
 import { generateCommand } from "../src/cli/commands/generate.js";
 import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
+import { jsonLines, runCli as cli } from "./helpers/cli.js";
 import { sharedFiles, sharedReference } from "./helpers/shared_data.js";
-
-const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI with `input` on stdin; with `interrupt`, sends `signal` (SIGINT) once stdout has that many characters. */
-function cli(args: readonly string[], options: { input?: string; interrupt?: number; signal?: NodeJS.Signals } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: "pipe" });
-    let stdout = "";
-    let stderr = "";
-    let signalled = false;
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-      stdout += chunk;
-      if (options.interrupt !== undefined && !signalled && stdout.length >= options.interrupt) {
-        signalled = true;
-        child.kill(options.signal ?? "SIGINT");
-      }
-    });
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(options.input ?? "");
-  });
-}
-
-function jsonLines(text: string): Record<string, number | string>[] {
-  return text
-    .trim()
-    .split("\n")
-    .map((line) => JSON.parse(line) as Record<string, number | string>);
-}
 
 let fixture = "";
 let scratch = "";

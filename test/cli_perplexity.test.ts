@@ -5,45 +5,26 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { AutoTokenizer } from "@huggingface/transformers";
 import { CSV_COLUMNS, parseBenchmarkCsv, type Experiment } from "../src/benchmark/index.js";
 import { writeTinyTokenizer } from "../src/fixtures/tiny_tokenizer.js";
 import { StreamingReference, referenceNll, type ReferencePolicy } from "../src/reference/streaming_reference.js";
+import { runCli, type CliOptions } from "./helpers/cli.js";
 import { fixture, type Fixture } from "./helpers/streaming.js";
 
-const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
+const cli = (args: readonly string[], options?: CliOptions) => runCli(["perplexity", ...args], options);
+
 const TOLERANCE = 1e-4;
 const SINKS = 2;
 const WINDOW = 8;
 const TOKENS = 40;
 const SENTENCES = "the cat sat on the mat. she was happy, and the dog ran to the park!\nwhat a day it was.\n";
-
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: readonly string[], options: { env?: NodeJS.ProcessEnv; whileRunning?: (child: ChildProcess) => Promise<void> } = {}): Promise<Run> {
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [CLI, "perplexity", ...args], { env: { ...process.env, ...options.env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk));
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk));
-    child.on("error", fail);
-    child.on("close", (code, signal) => done({ code, signal, stdout, stderr }));
-    options.whileRunning?.(child).catch(fail);
-  });
-}
 
 /** A tiny Llama with the tiny tokenizer, and a text file of `repeat` copies of the sentences. */
 async function setup(repeat = 3): Promise<{ f: Fixture; text: string; data: string; out: string }> {
