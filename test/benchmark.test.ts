@@ -29,21 +29,16 @@ import {
   type TokenStepper,
 } from "../src/benchmark/index.js";
 import { AutoTokenizer, env } from "../src/index.js";
-import { StreamingReference, referenceNll, type ReferencePolicy } from "../src/reference/streaming_reference.js";
+import { StreamingReference, referenceNll } from "../src/reference/streaming_reference.js";
 import { writeTinyTokenizer } from "../src/fixtures/tiny_tokenizer.js";
 import type { TinyVariant } from "../src/fixtures/tiny_models.js";
-import { fixture, tokenStream } from "./helpers/streaming.js";
+import { experimentPolicies, fixture, tokenStream } from "./helpers/streaming.js";
 
 const TOLERANCE = 1e-4;
 const SINKS = 2;
 const WINDOW = 8;
 
-/** The cache each experiment keeps, as the oracle states it. */
-const POLICIES: Record<Experiment, ReferencePolicy> = {
-  attention_sinks: { sink_size: SINKS, window_size: WINDOW - SINKS },
-  windowed: { sink_size: 0, window_size: WINDOW },
-  transformers: { sink_size: 0, window_size: null },
-};
+const POLICIES = experimentPolicies(SINKS, WINDOW);
 
 async function tempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), "attention-sinks-benchmark-"));

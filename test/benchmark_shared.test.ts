@@ -5,21 +5,19 @@
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { AutoTokenizer } from "@huggingface/transformers";
 import type { WeightTensor } from "../src/architecture/decoder_spec.js";
 import { parseBenchmarkCsv, type Experiment } from "../src/benchmark/index.js";
 import { openCheckpoint } from "../src/convert/convert.js";
 import { resolveModelSource } from "../src/convert/index.js";
-import { StreamingReference, referenceNll, type ReferencePolicy } from "../src/reference/streaming_reference.js";
+import { StreamingReference, referenceNll } from "../src/reference/streaming_reference.js";
+import { runCli } from "./helpers/cli.js";
 import { sharedFiles } from "./helpers/shared_data.js";
+import { experimentPolicies } from "./helpers/streaming.js";
 
-const CLI = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
 const TOLERANCE = 1e-4;
 const SINKS = 4;
 const WINDOW = 16;
@@ -27,11 +25,7 @@ const TOKENS = 48;
 /** Enough of the validation text for TOKENS + 1 tokens with either tokenizer. */
 const TEXT_CHARS = 1500;
 
-const POLICIES: Record<Experiment, ReferencePolicy> = {
-  attention_sinks: { sink_size: SINKS, window_size: WINDOW - SINKS },
-  windowed: { sink_size: 0, window_size: WINDOW },
-  transformers: { sink_size: 0, window_size: null },
-};
+const POLICIES = experimentPolicies(SINKS, WINDOW);
 
 const MODELS = [
   { name: "tinystories-656k", source: "models/tinystories-656k" },
@@ -65,8 +59,8 @@ describe("perplexity on the shared models equals the StreamingLLM oracle", () =>
       await Promise.all(
         (Object.keys(POLICIES) as Experiment[]).map(async (experiment) => {
           // The model is named as a user names it: the checkpoint, not the conversion.
-          await promisify(execFile)(process.execPath, [
-            CLI, "perplexity",
+          const run = await runCli([
+            "perplexity",
             "--experiment", experiment,
             "--model_name_or_path", model,
             "--dataset_name", data,
@@ -75,6 +69,7 @@ describe("perplexity on the shared models equals the StreamingLLM oracle", () =>
             "--window_size", String(WINDOW),
             "--attention_sink_size", String(SINKS),
           ]);
+          assert.equal(run.code, 0, run.stderr);
           const csv = join(dir, `${experiment}.csv`);
           const nll = parseBenchmarkCsv(await readFile(csv, "utf8"), csv).nll;
           assert.equal(nll.length, TOKENS);

@@ -7,6 +7,8 @@ import * as transformers from "@huggingface/transformers";
 import { Tensor } from "@huggingface/transformers";
 import { writeTinyModel, type TinyVariant } from "../../src/fixtures/tiny_models.js";
 import type { DecoderSpec, DecoderWeights } from "../../src/architecture/decoder_spec.js";
+import type { Experiment } from "../../src/benchmark/index.js";
+import type { ReferencePolicy } from "../../src/reference/streaming_reference.js";
 
 transformers.env.allowRemoteModels = false;
 
@@ -81,4 +83,13 @@ export function chunkPlan(length: number, cached: number, sink: number, window: 
     remaining -= n;
   }
   return chunks;
+}
+
+/** The cache each benchmark experiment keeps for a window of `window` tokens, as the oracle states it. */
+export function experimentPolicies(sinks: number, window: number): Record<Experiment, ReferencePolicy> {
+  return {
+    attention_sinks: { sink_size: sinks, window_size: window - sinks },
+    windowed: { sink_size: 0, window_size: window },
+    transformers: { sink_size: 0, window_size: null },
+  };
 }
