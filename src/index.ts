@@ -36,6 +36,7 @@ export {
 } from "./transformers/models.js";
 export {
   enableAttentionSinks,
+  cacheStats,
   sinkCacheStats,
   type AttentionSinkModel,
   type AttentionSinkSettings,

@@ -9,7 +9,7 @@ import { DynamicCache, Tensor, type PreTrainedModel, type PretrainedModelOptions
 import { AttentionSinkOptionError } from "../cache/options.js";
 import { resolveModelSource } from "../convert/index.js";
 import { AutoModelForCausalLM, type StreamingModel } from "../transformers/models.js";
-import { sinkCacheStats } from "../transformers/streaming_decoder.js";
+import { cacheStats } from "../transformers/streaming_decoder.js";
 
 export const EXPERIMENTS = ["attention_sinks", "transformers", "windowed"] as const;
 export type Experiment = (typeof EXPERIMENTS)[number];
@@ -95,7 +95,7 @@ export class SinkCacheStepper implements TokenStepper {
   }
 
   kvCacheBytes(): number {
-    return sinkCacheStats(this.cache)?.kv_cache_bytes ?? 0;
+    return cacheStats(this.cache).kv_cache_bytes;
   }
 }
 
@@ -122,12 +122,9 @@ export class FullCacheStepper implements TokenStepper {
   }
 
   kvCacheBytes(): number {
-    let bytes = 0;
-    for (const tensor of Object.values(this.cache as unknown as Record<string, Tensor>)) {
-      bytes += (tensor.data as Float32Array).byteLength;
-    }
-    return bytes;
+    return cacheStats(this.cache).kv_cache_bytes;
   }
+
 }
 
 /** Decoder layers, counted from the session's `past_key_values.{i}.key` inputs. */

@@ -15,7 +15,7 @@ import {
   type Tensor,
 } from "@huggingface/transformers";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
-import { sinkCacheStats } from "../transformers/streaming_decoder.js";
+import { cacheStats } from "../transformers/streaming_decoder.js";
 import { TopKTopPFilter, WindowedRepetitionPenalty } from "./logits_processors.js";
 import { IncrementalTextDecoder } from "./text_decoder.js";
 
@@ -92,17 +92,9 @@ export class GenerationSession {
 
   /** The cache's counters; for a plain transformers.js cache, every streamed token stays cached. */
   stats(): SinkCacheStats {
-    const sink = sinkCacheStats(this.cache);
-    if (sink) return sink;
-    let bytes = 0;
-    let tokens = 0;
-    for (const [name, tensor] of Object.entries(this.cache as unknown as Record<string, Tensor>)) {
-      if (!name.startsWith("past_key_values.")) continue;
-      bytes += tensor.size * (BYTES_PER_ELEMENT[tensor.type] ?? 4);
-      tokens = tensor.dims.at(-2) ?? 0;
-    }
-    return { seen_tokens: tokens, cached_tokens: tokens, kv_cache_bytes: bytes, kv_buffer_bytes: bytes };
+    return cacheStats(this.cache);
   }
+
 
   /**
    * Generates a continuation of `input_ids` ([1, n]) on the session's cache: the whole text so far on the
@@ -151,8 +143,6 @@ export class GenerationSession {
     };
   }
 }
-
-const BYTES_PER_ELEMENT: Record<string, number> = { float32: 4, float16: 2, int8: 1, uint8: 1 };
 
 /** Receives generate()'s tokens: the prompt first (context only), then one new token per step. */
 class TurnStreamer extends BaseStreamer {

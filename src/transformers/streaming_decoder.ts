@@ -51,6 +51,23 @@ export function sinkCacheStats(cache: DynamicCache): SinkCacheStats | null {
   return streams.get(cache)?.state.stats ?? null;
 }
 
+/**
+ * Counters of any cache: a streaming one's, or a plain transformers.js cache's, where every token streamed
+ * stays cached (so its buffers are its cache).
+ */
+export function cacheStats(cache: DynamicCache): SinkCacheStats {
+  const sink = sinkCacheStats(cache);
+  if (sink) return sink;
+  let bytes = 0;
+  let tokens = 0;
+  for (const [name, tensor] of Object.entries(cache as unknown as Record<string, Tensor>)) {
+    if (!name.startsWith("past_key_values.")) continue;
+    bytes += (tensor.data as ArrayLike<number> & { byteLength: number }).byteLength;
+    tokens = tensor.dims.at(-2) ?? 0;
+  }
+  return { seen_tokens: tokens, cached_tokens: tokens, kv_cache_bytes: bytes, kv_buffer_bytes: bytes };
+}
+
 function scalar(value: number | Tensor | null | undefined): number {
   if (value === null || value === undefined) return 0;
   return value instanceof Tensor ? Number(value.data[0]) : value;
