@@ -21,7 +21,8 @@ import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
 import { llamaConfig, llamaGenerationConfig } from "../src/architecture/llama_config.js";
 import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
-import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
+import { randomDecoderWeights } from "../test/support/fixtures/random_weights.js";
+import { mean, median } from "./stats.js";
 
 const { values: flags } = parseArgs({
   options: {
@@ -116,8 +117,6 @@ async function sinkSteps(model: Awaited<ReturnType<typeof AutoModelForCausalLM.f
 /** Untimed decode steps after each prefill: at least two compaction cycles of the sink cache. */
 const WARMUP = 160;
 
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "attention-sinks-bench-"));

@@ -62,7 +62,7 @@ export {
   type PerplexityRunOptions,
   type PlotOptions,
   type TokenRecord,
-} from "./benchmark/index.js";
+} from "./perplexity/index.js";
 export { GenerationSession, type SamplingOptions, type TurnOptions, type TurnResult } from "./generation/session.js";
 export { Chat, parsePrompts } from "./generation/chat.js";
 export { TopKTopPFilter, WindowedRepetitionPenalty } from "./generation/logits_processors.js";

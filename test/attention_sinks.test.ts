@@ -8,9 +8,9 @@ import assert from "node:assert/strict";
 import * as transformers from "@huggingface/transformers";
 import { DynamicCache, LogitsProcessor, LogitsProcessorList, Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, sinkCacheStats, type StreamingModel } from "../src/index.js";
-import { StreamingReference } from "../src/reference/streaming_reference.js";
-import type { TinyVariant } from "../src/fixtures/tiny_models.js";
-import { chunkPlan, fixture, ids, logitsAt, maxAbsDiff, tokenStream, type Fixture } from "./helpers/streaming.js";
+import { StreamingReference } from "./support/reference/streaming_reference.js";
+import type { TinyVariant } from "./support/fixtures/tiny_models.js";
+import { chunkPlan, fixture, ids, logitsAt, maxAbsDiff, tokenStream, type Fixture } from "./support/streaming.js";
 
 const VARIANTS: TinyVariant[] = ["llama", "gptj", "gpt_neox", "bloom", "mpt", "gpt2"];
 const TOLERANCE = 1e-4;

@@ -16,10 +16,10 @@ import {
   sinkCacheStats,
 } from "../src/index.js";
 import * as transformers from "@huggingface/transformers";
-import { StreamingReference } from "../src/reference/streaming_reference.js";
+import { StreamingReference } from "./support/reference/streaming_reference.js";
 import { StreamingDecoder } from "../src/transformers/streaming_decoder.js";
-import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
-import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./helpers/streaming.js";
+import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
+import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./support/streaming.js";
 
 describe("batches", () => {
   it("rows of equal length stream independently, each equal to the oracle", async () => {

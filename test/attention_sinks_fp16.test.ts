@@ -10,9 +10,9 @@ import { join } from "node:path";
 import * as transformers from "@huggingface/transformers";
 import { DynamicCache, Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
-import { writeTinyModel, type TinyVariant } from "../src/fixtures/tiny_models.js";
-import { StreamingReference } from "../src/reference/streaming_reference.js";
-import { ids, logitsAt, maxAbsDiff, tokenStream } from "./helpers/streaming.js";
+import { writeTinyModel, type TinyVariant } from "./support/fixtures/tiny_models.js";
+import { StreamingReference } from "./support/reference/streaming_reference.js";
+import { ids, logitsAt, maxAbsDiff, tokenStream } from "./support/streaming.js";
 
 /** float16 keys and values are rounded to 11 significant bits: logits move by a few 1e-3 at most here. */
 const FP16_TOLERANCE = 1e-2;

@@ -2,6 +2,8 @@
  * The perplexity benchmark's library: the token-by-token evaluation of each experiment against the literal
  * StreamingLLM oracle, the stream and stop semantics, the CSV files, the datasets and the summary.
  */
+import { compareStepTime } from "../bench/perplexity_overhead.js";
+import { summaryTable } from "../src/cli/format.js";
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
@@ -14,7 +16,6 @@ import {
   CsvLogWriter,
   DatasetError,
   OutputExistsError,
-  compareStepTime,
   encodeSample,
   evaluatePerplexity,
   loadStepper,
@@ -22,17 +23,16 @@ import {
   parseBenchmarkCsv,
   runPerplexity,
   summarizeExperiments,
-  summaryTable,
   tokenNll,
   type Experiment,
   type TokenRecord,
   type TokenStepper,
-} from "../src/benchmark/index.js";
+} from "../src/perplexity/index.js";
 import { AutoTokenizer, env } from "../src/index.js";
-import { StreamingReference, referenceNll } from "../src/reference/streaming_reference.js";
-import { writeTinyTokenizer } from "../src/fixtures/tiny_tokenizer.js";
-import type { TinyVariant } from "../src/fixtures/tiny_models.js";
-import { experimentPolicies, fixture, tokenStream } from "./helpers/streaming.js";
+import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
+import { writeTinyTokenizer } from "./support/fixtures/tiny_tokenizer.js";
+import type { TinyVariant } from "./support/fixtures/tiny_models.js";
+import { experimentPolicies, fixture, tokenStream } from "./support/streaming.js";
 
 const TOLERANCE = 1e-4;
 const SINKS = 2;

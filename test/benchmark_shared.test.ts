@@ -10,13 +10,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AutoTokenizer } from "@huggingface/transformers";
 import type { WeightTensor } from "../src/architecture/decoder_spec.js";
-import { parseBenchmarkCsv, type Experiment } from "../src/benchmark/index.js";
+import { parseBenchmarkCsv, type Experiment } from "../src/perplexity/index.js";
 import { openCheckpoint } from "../src/convert/convert.js";
 import { resolveModelSource } from "../src/convert/index.js";
-import { StreamingReference, referenceNll } from "../src/reference/streaming_reference.js";
-import { runCli } from "./helpers/cli.js";
-import { sharedFiles } from "./helpers/shared_data.js";
-import { experimentPolicies } from "./helpers/streaming.js";
+import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
+import { runCli } from "./support/cli.js";
+import { sharedFiles } from "./support/shared_data.js";
+import { experimentPolicies } from "./support/streaming.js";
 
 const TOLERANCE = 1e-4;
 const SINKS = 4;

@@ -9,9 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseCommandLine, UsageError } from "../src/cli/args.js";
 import { chatCommand } from "../src/cli/commands/chat.js";
-import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
-import { jsonLines, runCli, type CliOptions } from "./helpers/cli.js";
-import { sharedFiles } from "./helpers/shared_data.js";
+import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
+import { jsonLines, runCli, type CliOptions } from "./support/cli.js";
+import { sharedFiles } from "./support/shared_data.js";
 
 const chat = (args: readonly string[], options?: CliOptions) => runCli(["chat", ...args], options);
 

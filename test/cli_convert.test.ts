@@ -7,8 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { AutoModelForCausalLM, AutoTokenizer } from "../src/index.js";
-import { runCli } from "./helpers/cli.js";
-import { sharedFiles } from "./helpers/shared_data.js";
+import { runCli } from "./support/cli.js";
+import { sharedFiles } from "./support/shared_data.js";
 
 const run = promisify(execFile);
 

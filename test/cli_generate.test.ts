@@ -9,9 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseCommandLine, UsageError } from "../src/cli/args.js";
 import { generateCommand } from "../src/cli/commands/generate.js";
-import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
-import { jsonLines, runCli as cli } from "./helpers/cli.js";
-import { sharedFiles, sharedReference } from "./helpers/shared_data.js";
+import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
+import { jsonLines, runCli as cli } from "./support/cli.js";
+import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 let fixture = "";
 let scratch = "";

@@ -12,11 +12,11 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AutoTokenizer } from "@huggingface/transformers";
-import { CSV_COLUMNS, parseBenchmarkCsv, type Experiment } from "../src/benchmark/index.js";
-import { writeTinyTokenizer } from "../src/fixtures/tiny_tokenizer.js";
-import { StreamingReference, referenceNll, type ReferencePolicy } from "../src/reference/streaming_reference.js";
-import { runCli, type CliOptions } from "./helpers/cli.js";
-import { fixture, type Fixture } from "./helpers/streaming.js";
+import { CSV_COLUMNS, parseBenchmarkCsv, type Experiment } from "../src/perplexity/index.js";
+import { writeTinyTokenizer } from "./support/fixtures/tiny_tokenizer.js";
+import { StreamingReference, referenceNll, type ReferencePolicy } from "./support/reference/streaming_reference.js";
+import { runCli, type CliOptions } from "./support/cli.js";
+import { fixture, type Fixture } from "./support/streaming.js";
 
 const cli = (args: readonly string[], options?: CliOptions) => runCli(["perplexity", ...args], options);
 

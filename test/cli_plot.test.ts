@@ -9,8 +9,8 @@ import { mkdir, mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Resvg } from "@resvg/resvg-js";
-import { CsvLogWriter, plotSpec, type ExperimentTable } from "../src/benchmark/index.js";
-import { runCli } from "./helpers/cli.js";
+import { CsvLogWriter, plotSpec, type ExperimentTable } from "../src/perplexity/index.js";
+import { runCli } from "./support/cli.js";
 
 const plot = (args: readonly string[]) => runCli(["plot", ...args]);
 

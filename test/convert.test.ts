@@ -12,7 +12,7 @@ import { basename, join } from "node:path";
 import { AutoModelForCausalLM, AutoTokenizer, env, Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import { convertCheckpoint, ConversionError, resolveModelSource } from "../src/convert/index.js";
 import { openCheckpoint, writeModelDirectory } from "../src/convert/convert.js";
-import { sharedFiles, sharedReference } from "./helpers/shared_data.js";
+import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 env.allowRemoteModels = false;
 

@@ -25,7 +25,7 @@ import { readSafetensors } from "../src/convert/safetensors.js";
 import { sentencePieceTokenizerFiles } from "../src/convert/sentencepiece_tokenizer.js";
 import { float32ToFloat16Bits } from "../src/onnx/float16.js";
 import { KeyRotation, ropeInverseFrequencies, type RopeSpec } from "../src/positions/rope.js";
-import { sharedFiles, sharedReference } from "./helpers/shared_data.js";
+import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 env.allowRemoteModels = false;
 

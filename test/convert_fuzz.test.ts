@@ -16,7 +16,7 @@ import { decoderSpecFromLlamaConfig } from "../src/convert/hf_llama.js";
 import { readLlama2cCheckpoint } from "../src/convert/llama2c.js";
 import { readLlama2cTokenizer } from "../src/convert/llama2c_tokenizer.js";
 import { sentencePieceTokenizerFiles } from "../src/convert/sentencepiece_tokenizer.js";
-import { sharedFiles } from "./helpers/shared_data.js";
+import { sharedFiles } from "./support/shared_data.js";
 
 const CASES_PER_FORMAT = 1000;
 const SEED = 20240611;

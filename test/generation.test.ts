@@ -11,13 +11,13 @@ import { join } from "node:path";
 import * as transformers from "@huggingface/transformers";
 import { RepetitionPenaltyLogitsProcessor, Tensor, type PreTrainedModel, type PreTrainedTokenizer } from "@huggingface/transformers";
 import { resolveModelSource } from "../src/convert/index.js";
-import { writeTinyTextModel } from "../src/fixtures/tiny_tokenizer.js";
+import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { Chat, parsePrompts, PromptFileError } from "../src/generation/chat.js";
 import { TopKTopPFilter, WindowedRepetitionPenalty } from "../src/generation/logits_processors.js";
 import { GenerationSession, type TurnResult } from "../src/generation/session.js";
 import { IncrementalTextDecoder } from "../src/generation/text_decoder.js";
 import { enableAttentionSinks } from "../src/transformers/streaming_decoder.js";
-import { sharedFiles } from "./helpers/shared_data.js";
+import { sharedFiles } from "./support/shared_data.js";
 
 transformers.env.allowRemoteModels = false;
 

@@ -15,9 +15,9 @@ import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor 
 import { buildDecoderOnnx, writeDecoderOnnx, type WeightSource } from "../src/onnx/decoder_graph.js";
 import { float32ToFloat16Bits } from "../src/onnx/float16.js";
 import { alibiSlopes } from "../src/positions/alibi.js";
-import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
-import { TINY_VARIANTS, tinyDecoderSpec, writeTinyModel, type TinyVariant } from "../src/fixtures/tiny_models.js";
-import { naiveForward, type NaiveInputs } from "./helpers/naive_forward.js";
+import { randomDecoderWeights } from "./support/fixtures/random_weights.js";
+import { TINY_VARIANTS, tinyDecoderSpec, writeTinyModel, type TinyVariant } from "./support/fixtures/tiny_models.js";
+import { naiveForward, type NaiveInputs } from "./support/naive_forward.js";
 
 transformers.env.allowRemoteModels = false;
 

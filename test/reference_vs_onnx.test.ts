@@ -10,10 +10,10 @@ import { describe, it } from "node:test";
 import * as ort from "onnxruntime-node";
 
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
-import { TINY_VARIANTS, tinyDecoderSpec } from "../src/fixtures/tiny_models.js";
-import { randomDecoderWeights } from "../src/fixtures/random_weights.js";
+import { TINY_VARIANTS, tinyDecoderSpec } from "./support/fixtures/tiny_models.js";
+import { randomDecoderWeights } from "./support/fixtures/random_weights.js";
 import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
-import { StreamingReference } from "../src/reference/streaming_reference.js";
+import { StreamingReference } from "./support/reference/streaming_reference.js";
 
 const TOLERANCE = 1e-4;
 /** Chunk sizes: a prompt, then single tokens and small chunks, as generation feeds them. */

@@ -13,7 +13,7 @@ import {
   referenceNll,
   StreamingReference,
   type ReferencePolicy,
-} from "../src/reference/streaming_reference.js";
+} from "./support/reference/streaming_reference.js";
 
 /** mulberry32: a tiny deterministic PRNG, uniform in [0, 1). */
 function prng(seed: number): () => number {

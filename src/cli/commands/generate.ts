@@ -5,12 +5,11 @@
 import { text as readStream } from "node:stream/consumers";
 import { random, type DataType, type DeviceType, type Tensor } from "@huggingface/transformers";
 import { AttentionSinkOptionError } from "../../cache/options.js";
-import { EXPERIMENTS, type Experiment } from "../../benchmark/experiments.js";
-import { formatBytes } from "../../benchmark/progress.js";
-import { loadForGeneration, type LoadedModel } from "../../generation/load.js";
+import { EXPERIMENTS, type Experiment } from "../../perplexity/experiments.js";
+import { count, formatBytes } from "../format.js";
+import { loadForGeneration, type LoadedModel } from "../load.js";
 import { GenerationSession, type SamplingOptions, type TurnResult } from "../../generation/session.js";
 import {
-  count,
   describeSample,
   handleInterrupts,
   JsonLines,
@@ -19,7 +18,7 @@ import {
   streamSample,
   TextOutput,
   type StreamSample,
-} from "../../generation/terminal.js";
+} from "../terminal.js";
 import { UsageError, type FlagSpec, type FlagValue } from "../args.js";
 import type { Command } from "../command.js";
 import { DEVICES, DTYPES } from "../model_flags.js";

@@ -1,10 +1,10 @@
 /** `attention-sinks perplexity`: the StreamingLLM perplexity benchmark, one experiment per run. */
 import type { PretrainedModelOptions } from "@huggingface/transformers";
 import { AttentionSinkOptionError } from "../../cache/options.js";
-import { EXPERIMENTS, type Experiment } from "../../benchmark/experiments.js";
-import type { CsvLogWriter } from "../../benchmark/csv.js";
-import { ProgressBar } from "../../benchmark/progress.js";
-import { runPerplexity } from "../../benchmark/run.js";
+import { EXPERIMENTS, type Experiment } from "../../perplexity/experiments.js";
+import type { CsvLogWriter } from "../../perplexity/csv.js";
+import { ProgressBar } from "../progress.js";
+import { runPerplexity } from "../../perplexity/run.js";
 import { UsageError, type CommandSpec, type ParsedArgs } from "../args.js";
 import type { Command } from "../command.js";
 import { DEVICES, DTYPES } from "../model_flags.js";

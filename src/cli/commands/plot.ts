@@ -1,7 +1,8 @@
 /** `attention-sinks plot`: the benchmark plot of every CSV in a folder, as SVG and PNG, and a summary table. */
 import { join } from "node:path";
-import { DEFAULT_PLOT_TITLE, PLOT_FEATURES, plotPaths, readExperimentTables, writePlot, type PlotFeature } from "../../benchmark/plot.js";
-import { summarizeExperiments, summaryTable } from "../../benchmark/summary.js";
+import { DEFAULT_PLOT_TITLE, PLOT_FEATURES, plotPaths, readExperimentTables, writePlot, type PlotFeature } from "../../perplexity/plot.js";
+import { summarizeExperiments } from "../../perplexity/summary.js";
+import { summaryTable } from "../format.js";
 import { UsageError, type CommandSpec, type ParsedArgs } from "../args.js";
 import type { Command } from "../command.js";
 

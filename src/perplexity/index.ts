@@ -27,7 +27,5 @@ export {
   type PlotFeature,
   type PlotOptions,
 } from "./plot.js";
-export { ProgressBar, formatBytes, type ProgressStream } from "./progress.js";
 export { encodeSample, runPerplexity, type PerplexityRunHooks, type PerplexityRunOptions, type PerplexityRunResult } from "./run.js";
-export { compareStepTime, type StepTimeOptions, type StepTimeResult } from "./speed.js";
-export { summarizeExperiments, summaryTable, type ExperimentSummary } from "./summary.js";
+export { summarizeExperiments, type ExperimentSummary } from "./summary.js";

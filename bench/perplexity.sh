@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the README's perplexity benchmark: the CSVs go to benchmark/outputs/<run>/ (git-ignored), the
-# plots to benchmark/<run>.png and .svg, the summary tables and speed ratios to standard output.
+# Regenerates the README's perplexity benchmark: the CSVs go to bench/outputs/<run>/ (git-ignored), the
+# plots to docs/images/<run>.png (and .svg, git-ignored), the summary tables and speed ratios to standard output.
 #
-#   npm run build && bash benchmark/run.sh            # every run below
-#   bash benchmark/run.sh tinystories-656k-w64          # only the runs named
+#   npm run build && bash bench/perplexity.sh            # every run below
+#   bash bench/perplexity.sh tinystories-656k-w64          # only the runs named
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,14 +23,14 @@ RUNS=(
 for spec in "${RUNS[@]}"; do
   IFS="|" read -r name model text tokens window <<<"$spec"
   if [[ $# -gt 0 && ! " $* " =~ " $name " ]]; then continue; fi
-  out="benchmark/outputs/$name"
+  out="bench/outputs/$name"
   for experiment in attention_sinks windowed transformers; do
     "${CLI[@]}" perplexity --experiment "$experiment" --model_name_or_path "$model" --dataset_name "$text" \
       --num_tokens "$tokens" --window_size "$window" --attention_sink_size 4 --output_dir "$out" --overwrite
   done
   echo "## $name"
-  "${CLI[@]}" plot --output_dir "$out" --output "benchmark/$name.png" \
+  "${CLI[@]}" plot --output_dir "$out" --output "docs/images/$name.png" \
     --title "$(basename "$model") on $(basename "$text"): log perplexity, window $window"
-  node benchmark/speed.mjs "$model" "$text" "$window"
+  node dist/bench/perplexity_overhead.js "$model" "$text" "$window"
   echo
 done

@@ -4,10 +4,13 @@
  * it) against a bare onnxruntime run of the same model attending to as many tokens, with its inputs built
  * beforehand. Rounds of the two alternate, so drifts of the machine's speed fall on both alike.
  */
-import { Tensor, type PreTrainedModel } from "@huggingface/transformers";
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import { AutoTokenizer, Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
-import { tokenNll } from "./evaluate.js";
-import { loadPlainModel, loadSinkModel, SinkCacheStepper, type ExperimentOptions } from "./experiments.js";
+import { tokenNll } from "../src/perplexity/evaluate.js";
+import { loadPlainModel, loadSinkModel, resolveModelPath, SinkCacheStepper, type ExperimentOptions } from "../src/perplexity/experiments.js";
+import { median } from "./stats.js";
 
 export interface StepTimeOptions extends ExperimentOptions {
   /** Token ids to feed (repeated when the run needs more). */
@@ -32,12 +35,6 @@ export interface StepTimeResult {
 interface Session {
   readonly inputNames: readonly string[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
 function int64(values: readonly number[]): Tensor {
@@ -101,3 +98,21 @@ async function bareForward(model: PreTrainedModel, context: readonly number[]): 
     await session.run({ ...feeds, input_ids: int64([token]).ort_tensor as OrtTensor });
   };
 }
+
+/**
+ *   node dist/bench/perplexity_overhead.js MODEL TEXT_FILE WINDOW        (after `npm run build`)
+ */
+async function main(argv: readonly string[]): Promise<void> {
+  const [model, text, window] = argv;
+  if (!model || !text || !window) throw new Error("usage: node dist/bench/perplexity_overhead.js MODEL TEXT_FILE WINDOW");
+  const { path } = await resolveModelPath(model);
+  const tokenizer = await AutoTokenizer.from_pretrained(path, { local_files_only: true });
+  const tokens = tokenizer.encode(readFileSync(text, "utf8").slice(0, 50_000));
+  const r = await compareStepTime({ model_name_or_path: model, window_size: Number(window), attention_sink_size: 4, tokens, steps: 500, rounds: 7 });
+  console.log(
+    `speed at ${r.cache_tokens} cached tokens: attention_sinks ${r.sink_ms.toFixed(3)} ms/token, ` +
+      `bare forward ${r.bare_ms.toFixed(3)} ms/token, ratio ${r.ratio.toFixed(2)}`,
+  );
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main(process.argv.slice(2));

@@ -7,8 +7,8 @@
  * (O(cache) re-rotation per layer and forward) on purpose; only tiny models run through it. It models one
  * batch row without padding, where ALiBi's `mask_cumsum` and `key_index` positions coincide.
  */
-import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { ropeAttentionFactor, ropeInverseFrequencies } from "../positions/rope.js";
+import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
+import { ropeAttentionFactor, ropeInverseFrequencies } from "../../../src/positions/rope.js";
 
 /** What the cache keeps. */
 export interface ReferencePolicy {

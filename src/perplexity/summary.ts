@@ -1,6 +1,5 @@
 /** The numbers a benchmark run is reported with: final perplexity, speed and cache size per experiment. */
 import type { ExperimentTable } from "./plot.js";
-import { formatBytes } from "./progress.js";
 
 export interface ExperimentSummary {
   experiment: string;
@@ -37,18 +36,4 @@ export function summarizeExperiments(tables: readonly ExperimentTable[]): Experi
       bounded: tokens > 0 && kv.slice(Math.floor((3 * tokens) / 4)).every((bytes) => bytes === maxBytes),
     };
   });
-}
-
-/** The summaries as a Markdown table. */
-export function summaryTable(summaries: readonly ExperimentSummary[]): string {
-  const lines = [
-    "| experiment | tokens | overall perplexity | tokens/s | KV cache (max) | KV cache bounded |",
-    "|---|---:|---:|---:|---:|:---:|",
-  ];
-  for (const s of summaries) {
-    lines.push(
-      `| ${s.experiment} | ${s.tokens} | ${s.overall_ppl.toFixed(2)} | ${s.tokens_per_second.toFixed(1)} | ${formatBytes(s.max_kv_cache_bytes)} | ${s.bounded ? "yes" : "no"} |`,
-    );
-  }
-  return lines.join("\n");
 }

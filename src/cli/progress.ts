@@ -3,7 +3,8 @@
  * and the KV cache size. On a terminal it redraws in place; otherwise (a log file, a pipe) it prints a line
  * at every tenth of the run.
  */
-import type { TokenRecord } from "./evaluate.js";
+import type { TokenRecord } from "../perplexity/evaluate.js";
+import { formatBytes } from "./format.js";
 
 /** The stream the bar writes to (process.stderr by default). */
 export interface ProgressStream {
@@ -13,17 +14,6 @@ export interface ProgressStream {
 
 const REDRAW_MS = 100;
 const BAR_WIDTH = 24;
-
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
-}
 
 export class ProgressBar {
   /** The first token's time and count: loading and tokenizing are not part of the rate. */

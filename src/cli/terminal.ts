@@ -4,7 +4,7 @@
  */
 import { closeSync, openSync, writeSync } from "node:fs";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
-import { formatBytes } from "../benchmark/progress.js";
+import { count, formatBytes } from "./format.js";
 
 /** The text stream: stdout, plus a file when asked. Writes are synchronous, so nothing is lost on exit. */
 export class TextOutput {
@@ -97,10 +97,6 @@ export function describeSample(sample: StreamSample): string {
     `${count(sample.tokens)} tokens | ${count(sample.tokens_per_second)} tokens/s | ` +
     `cache ${count(sample.cached_tokens)} of ${count(sample.seen_tokens)} tokens | KV ${formatBytes(sample.kv_cache_bytes)} | RSS ${formatBytes(sample.rss_bytes)}`
   );
-}
-
-export function count(value: number): string {
-  return value.toLocaleString("en-US", { maximumFractionDigits: 1 });
 }
 
 function round(value: number, digits: number): number {

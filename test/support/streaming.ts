@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as transformers from "@huggingface/transformers";
 import { Tensor } from "@huggingface/transformers";
-import { writeTinyModel, type TinyVariant } from "../../src/fixtures/tiny_models.js";
+import { writeTinyModel, type TinyVariant } from "./fixtures/tiny_models.js";
 import type { DecoderSpec, DecoderWeights } from "../../src/architecture/decoder_spec.js";
-import type { Experiment } from "../../src/benchmark/index.js";
-import type { ReferencePolicy } from "../../src/reference/streaming_reference.js";
+import type { Experiment } from "../../src/perplexity/index.js";
+import type { ReferencePolicy } from "./reference/streaming_reference.js";
 
 transformers.env.allowRemoteModels = false;
 

@@ -5,7 +5,7 @@
  */
 import * as transformers from "@huggingface/transformers";
 import type { DataType, DeviceType, PreTrainedModel, PreTrainedTokenizer } from "@huggingface/transformers";
-import { resolveModelPath, type Experiment } from "../benchmark/experiments.js";
+import { resolveModelPath, type Experiment } from "../perplexity/experiments.js";
 import { DEFAULT_ATTENTION_SINK_SIZE, DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { ModelConfig } from "../positions/families.js";
 import { enableAttentionSinks, resolveStreamingPolicy, type AttentionSinkSettings } from "../transformers/streaming_decoder.js";
