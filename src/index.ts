@@ -34,15 +34,10 @@ export {
   type StreamingModel,
   type StreamingModelOptions,
 } from "./transformers/models.js";
-export {
-  enableAttentionSinks,
-  cacheStats,
-  sinkCacheStats,
-  type AttentionSinkModel,
-  type AttentionSinkSettings,
-  type StreamingForwardInputs,
-  type StreamingForwardOutput,
-} from "./transformers/streaming_decoder.js";
+export { enableAttentionSinks, type AttentionSinkModel } from "./transformers/enable.js";
+export { cacheStats, sinkCacheStats } from "./transformers/stream_registry.js";
+export type { StreamingForwardInputs, StreamingForwardOutput } from "./transformers/streaming_forward.js";
+export type { AttentionSinkSettings } from "./cache/streaming_policy.js";
 export {
   AttentionSinkOptionError,
   DEFAULT_ATTENTION_SINK_SIZE,

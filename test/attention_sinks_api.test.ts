@@ -17,7 +17,7 @@ import {
 } from "../src/index.js";
 import * as transformers from "@huggingface/transformers";
 import { StreamingReference } from "./support/reference/streaming_reference.js";
-import { StreamingDecoder } from "../src/transformers/streaming_decoder.js";
+import { StreamingDecoder } from "../src/transformers/streaming_forward.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { fixture, ids, logitsAt, maxAbsDiff, tokenStream } from "./support/streaming.js";
 
@@ -100,6 +100,13 @@ describe("when lazy eviction is exact", () => {
     const mpt = { model_type: "mpt", n_layers: 2, n_heads: 4, d_model: 32, max_seq_len: 512 };
     assert.equal(new StreamingDecoder(session([]), bloom, options).settings.compaction_interval, 16);
     assert.equal(new StreamingDecoder(session([]), mpt, options).settings.compaction_interval, 0);
+  });
+
+  it("the default window reserves room for masked slots only where they may stay", () => {
+    const defaults = { attention_sink_size: 4 };
+    assert.equal(new StreamingDecoder(session(["position_ids"]), llama, defaults).settings.window_size, 476);
+    // A graph that derives positions compacts on every eviction, so the whole context is window.
+    assert.equal(new StreamingDecoder(session([]), llama, defaults).settings.window_size, 508);
   });
 
   it("the interval never lets slot positions reach max_position_embeddings", () => {

@@ -16,7 +16,7 @@ import { Chat, parsePrompts, PromptFileError } from "../src/generation/chat.js";
 import { TopKTopPFilter, WindowedRepetitionPenalty } from "../src/generation/logits_processors.js";
 import { GenerationSession, type TurnResult } from "../src/generation/session.js";
 import { IncrementalTextDecoder } from "../src/generation/text_decoder.js";
-import { enableAttentionSinks } from "../src/transformers/streaming_decoder.js";
+import { enableAttentionSinks } from "../src/transformers/enable.js";
 import { sharedFiles } from "./support/shared_data.js";
 
 transformers.env.allowRemoteModels = false;

@@ -1,11 +1,16 @@
 /** Validation of the attention-sink options, named in every error. */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { AttentionSinkOptionError, resolveSinkPolicy, splitSinkOptions } from "../src/cache/options.js";
+import { AttentionSinkOptionError, resolveSinkPolicy, splitSinkOptions, type PositionBudget } from "../src/cache/options.js";
+
+/** Positions are slot indices (RoPE): masked slots waiting for compaction use positions too. */
+const slotPositions = (max_positions: number | null): PositionBudget => ({ max_positions, lazy_eviction: true, masked_slots_use_positions: true });
+/** Positions count attended tokens (learned tables): masked slots use none. */
+const attendedPositions = (max_positions: number | null): PositionBudget => ({ max_positions, lazy_eviction: true, masked_slots_use_positions: false });
 
 describe("attention-sink options", () => {
   it("defaults to 4 sinks and a 1020-token window", () => {
-    const policy = resolveSinkPolicy({}, 4096);
+    const policy = resolveSinkPolicy({}, slotPositions(4096));
     assert.equal(policy.sink_size, 4);
     assert.equal(policy.window_size, 1020);
     assert.equal(policy.capacity, 1024);
@@ -23,27 +28,27 @@ describe("attention-sink options", () => {
       [{ attention_sink_size: 4, attention_sink_window_size: 2045 }, /4 \+ 2045 = 2049 exceeds the 2048 positions.*attention_sink_window_size <= 2044/],
     ];
     for (const [options, message] of cases) {
-      assert.throws(() => resolveSinkPolicy(options, 2048), (e: Error) => e instanceof AttentionSinkOptionError && message.test(e.message));
+      assert.throws(() => resolveSinkPolicy(options, slotPositions(2048)), (e: Error) => e instanceof AttentionSinkOptionError && message.test(e.message));
     }
   });
 
   it("the default window shrinks to the positions the model addresses; an explicit one is checked", () => {
     // 512 positions: 4 sinks, 32 slots of room for lazy eviction, 476 window
-    assert.deepEqual(resolveSinkPolicy({}, 512), { sink_size: 4, window_size: 476, capacity: 480, compaction_interval: 30 });
-    assert.equal(resolveSinkPolicy({}, 512, null).window_size, 508, "no room needed where slots are not positions");
-    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, 512).compaction_interval, 0);
-    assert.throws(() => resolveSinkPolicy({ attention_sink_size: 600 }, 512), /600 \+ 1 = 601 exceeds the 512 positions/);
+    assert.deepEqual(resolveSinkPolicy({}, slotPositions(512)), { sink_size: 4, window_size: 476, capacity: 480, compaction_interval: 30 });
+    assert.equal(resolveSinkPolicy({}, attendedPositions(512)).window_size, 508, "no room needed where slots are not positions");
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, slotPositions(512)).compaction_interval, 0);
+    assert.throws(() => resolveSinkPolicy({ attention_sink_size: 600 }, slotPositions(512)), /600 \+ 1 = 601 exceeds the 512 positions/);
   });
 
   it("sink 0 is plain window attention; unbounded models take any size", () => {
-    assert.equal(resolveSinkPolicy({ attention_sink_size: 0, attention_sink_window_size: 64 }, 512).capacity, 64);
-    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 100_000 }, null).capacity, 100_004);
+    assert.equal(resolveSinkPolicy({ attention_sink_size: 0, attention_sink_window_size: 64 }, slotPositions(512)).capacity, 64);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 100_000 }, slotPositions(null)).capacity, 100_004);
   });
 
   it("keeps the compaction interval inside the positions the model addresses", () => {
-    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, 512).compaction_interval, 0);
-    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, 512).compaction_interval, 8);
-    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, 512, null).compaction_interval, 40);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, slotPositions(512)).compaction_interval, 0);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, slotPositions(512)).compaction_interval, 8);
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, attendedPositions(512)).compaction_interval, 40);
   });
 
   it("splits our options from those transformers.js receives", () => {

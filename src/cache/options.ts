@@ -66,22 +66,25 @@ function integerOption(name: string, value: unknown, min: number): number {
   return value;
 }
 
-/**
- * Validates the options against what the model can address.
- * @param maxPositions the model's trained position count, or null when positions are unbounded (ALiBi).
- * @param positionSlack how many positions past sink + window the buffers may use, or null when unbounded;
- * it caps the compaction interval.
- */
-export function resolveSinkPolicy(
-  options: AttentionSinkOptions,
-  maxPositions: number | null,
-  positionSlack: number | null = maxPositions,
-): SinkPolicy {
+/** What a model's positions allow the cache (see `slotRule` in src/positions). */
+export interface PositionBudget {
+  /** The positions the model was trained to address, or null when unbounded (ALiBi). */
+  max_positions: number | null;
+  /** Whether evicted slots may wait, masked, for compaction (otherwise every eviction compacts). */
+  lazy_eviction: boolean;
+  /** Whether masked slots use up positions (positions are slot indices), so they must fit the budget too. */
+  masked_slots_use_positions: boolean;
+}
+
+/** Validates the options against what the model can address. */
+export function resolveSinkPolicy(options: AttentionSinkOptions, budget: PositionBudget): SinkPolicy {
+  const { max_positions: maxPositions, lazy_eviction } = budget;
+  const bounded = budget.masked_slots_use_positions && maxPositions !== null;
   const sink_size = integerOption("attention_sink_size", options.attention_sink_size ?? DEFAULT_ATTENTION_SINK_SIZE, 0);
   // The default window shrinks to fit models that address fewer positions, leaving room for evicted slots
-  // to wait for compaction (a window filling every position would compact on every token); an explicit
-  // window is taken as given and checked.
-  const reserve = positionSlack === null || maxPositions === null ? 0 : defaultCompactionInterval(maxPositions);
+  // to wait for compaction where they use positions (a window filling every position would compact on every
+  // token); an explicit window is taken as given and checked.
+  const reserve = lazy_eviction && bounded ? defaultCompactionInterval(maxPositions) : 0;
   const defaultWindow =
     maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size - reserve));
   const window_size = integerOption("attention_sink_window_size", options.attention_sink_window_size ?? defaultWindow, 1);
@@ -93,10 +96,10 @@ export function resolveSinkPolicy(
         `use attention_sink_window_size <= ${Math.max(1, maxPositions - sink_size)}`,
     );
   }
-  const slack = positionSlack === null ? Infinity : positionSlack - capacity;
   const requested =
     options.attention_sink_compaction_interval === undefined
       ? defaultCompactionInterval(capacity)
       : integerOption("attention_sink_compaction_interval", options.attention_sink_compaction_interval, 0);
+  const slack = !lazy_eviction ? 0 : bounded ? maxPositions - capacity : Infinity;
   return { sink_size, window_size, capacity, compaction_interval: Math.max(0, Math.min(requested, slack)) };
 }

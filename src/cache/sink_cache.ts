@@ -13,20 +13,10 @@
  * window back by the evicted count, which keeps positions below sink + window + compaction_interval.
  */
 import { Tensor } from "@huggingface/transformers";
-import { KeyRotation, type RopeSpec } from "../positions/rope.js";
+import { KeyRotation } from "../positions/rope.js";
+import type { SlotRule } from "../positions/slot_rule.js";
 import { allocateKv, copyKv, readAsFloat32, rotateRows, writeFromFloat32, type KvArray, type KvType } from "./kv_data.js";
 import type { SinkPolicy } from "./options.js";
-
-/** What the cache needs to know about the model's positions. */
-export interface CachePositions {
-  /** RoPE keys to re-rotate, or null when positions are not baked into keys by rotation. */
-  rope: { spec: RopeSpec; inverse_frequencies: Float32Array } | null;
-  /**
-   * `slot`: position ids are slot indices (RoPE with lazy eviction); `attended`: the count of attended
-   * tokens before the new one (cache-relative positions for ALiBi and learned tables).
-   */
-  position_ids: "slot" | "attended";
-}
 
 export interface CacheLayout {
   num_layers: number;
@@ -51,35 +41,6 @@ export class SinkCacheError extends Error {
   override name = "SinkCacheError";
 }
 
-/** FNV-1a over token ids in two independent 32-bit lanes: recognises a re-sent conversation prefix. */
-class StreamFingerprint {
-  private readonly lanes: Uint32Array;
-  constructor(batch: number) {
-    this.lanes = new Uint32Array(batch * 2);
-    for (let b = 0; b < batch; b++) {
-      this.lanes[2 * b] = 0x811c9dc5;
-      this.lanes[2 * b + 1] = 0x01000193;
-    }
-  }
-  static step(lanes: Uint32Array, offset: number, token: number): void {
-    lanes[offset] = Math.imul(lanes[offset] ^ token, 0x01000193) >>> 0;
-    lanes[offset + 1] = Math.imul(lanes[offset + 1] ^ (token + 0x9e3779b9), 0x85ebca6b) >>> 0;
-  }
-  /** Adds rows of `length` tokens starting at `start` in a [batch, stride] id array. */
-  add(ids: ArrayLike<bigint>, stride: number, start: number, length: number): void {
-    const batch = this.lanes.length / 2;
-    for (let b = 0; b < batch; b++) {
-      for (let t = start; t < start + length; t++) StreamFingerprint.step(this.lanes, 2 * b, Number(ids[b * stride + t]));
-    }
-  }
-  /** Whether the first `length` tokens of every row hash to this stream. */
-  matchesPrefix(ids: ArrayLike<bigint>, stride: number, length: number): boolean {
-    const probe = new StreamFingerprint(this.lanes.length / 2);
-    probe.add(ids, stride, 0, length);
-    return probe.lanes.every((value, i) => value === this.lanes[i]);
-  }
-}
-
 /** The bookkeeping of one stream. Tensors live in the cache object's standard entries. */
 export class SinkCacheState {
   private batch = 0;
@@ -96,20 +57,19 @@ export class SinkCacheState {
   /** The rotation the sink keys in the buffers currently carry. */
   private sinkShift = 0;
   private readonly rotations = new Map<number, KeyRotation>();
-  private fingerprint = new StreamFingerprint(0);
-  /** Tokens generate() sampled last but never fed (one per row): the next turn feeds them first. */
-  private pending: BigInt64Array | null = null;
-  private readonly keyNames: string[];
-  private readonly valueNames: string[];
+  /** The entries of `entries` that hold each layer's keys and values. */
+  private readonly keyNames: readonly string[];
+  private readonly valueNames: readonly string[];
 
   constructor(
     readonly policy: SinkPolicy,
     readonly layout: CacheLayout,
-    readonly positions: CachePositions,
+    readonly rule: SlotRule,
     private readonly entries: Record<string, Tensor>,
+    names: { keys: readonly string[]; values: readonly string[] },
   ) {
-    this.keyNames = Array.from({ length: layout.num_layers }, (_, i) => `past_key_values.${i}.key`);
-    this.valueNames = Array.from({ length: layout.num_layers }, (_, i) => `past_key_values.${i}.value`);
+    this.keyNames = names.keys;
+    this.valueNames = names.values;
   }
 
   get stats(): SinkCacheStats {
@@ -132,18 +92,6 @@ export class SinkCacheState {
     return this.seen;
   }
 
-  /** Records the final sampled token of each row, which generation returns without feeding it. */
-  setPending(tokens: BigInt64Array): void {
-    this.pending = tokens;
-  }
-
-  /** Takes the tokens a previous generation left unfed (null when none). */
-  takePending(): BigInt64Array | null {
-    const pending = this.pending;
-    this.pending = null;
-    return pending;
-  }
-
   /** How many of `remaining` tokens the next forward pass may take. */
   nextChunkLength(remaining: number): number {
     const { capacity, window_size } = this.policy;
@@ -151,15 +99,6 @@ export class SinkCacheState {
     if (free > 0) return Math.min(remaining, free);
     // Once full, each chunk evicts as many tokens as it brings: half a window keeps most context for all.
     return Math.min(remaining, Math.max(1, Math.ceil(window_size / 2)));
-  }
-
-  /**
-   * The length of the prefix of `ids` ([batch, length]) already streamed: the whole stream when `ids`
-   * re-sends it (as a chat template re-rendering the conversation does), else 0.
-   */
-  streamedPrefix(ids: ArrayLike<bigint>, length: number): number {
-    if (this.seen === 0 || length <= this.seen) return 0;
-    return this.fingerprint.matchesPrefix(ids, length, this.seen) ? this.seen : 0;
   }
 
   /** Makes room for `n` new tokens: evicts the oldest window tokens, compacts when due and moves the sinks. */
@@ -178,7 +117,7 @@ export class SinkCacheState {
     }
     // At most compaction_interval masked slots, so slot positions stay below capacity + compaction_interval.
     if (this.evicted > compaction_interval) this.compact();
-    if (this.positions.rope && sink_size > 0 && this.sinkShift !== this.evicted) this.shiftSinks(this.evicted);
+    if (this.rule.rotation && sink_size > 0 && this.sinkShift !== this.evicted) this.shiftSinks(this.evicted);
   }
 
   /** The feeds that describe the slots: attention mask [batch, slots + n] and position ids [batch, n]. */
@@ -186,7 +125,7 @@ export class SinkCacheState {
     const total = this.slots + n;
     const mask = new BigInt64Array(this.batch * total).fill(1n);
     const positions = new BigInt64Array(this.batch * n);
-    const first = this.positions.position_ids === "slot" ? this.slots : this.attended;
+    const first = this.rule.position_ids === "slot" ? this.slots : this.attended;
     for (let b = 0; b < this.batch; b++) {
       mask.fill(0n, b * total + this.sinksKept, b * total + this.sinksKept + this.evicted);
       for (let k = 0; k < n; k++) positions[b * n + k] = BigInt(first + k);
@@ -198,7 +137,7 @@ export class SinkCacheState {
   }
 
   /** Adopts the buffers a forward pass returned (`present.*`, already concatenated with the past). */
-  finishForward(presentKeys: Tensor[], presentValues: Tensor[], ids: ArrayLike<bigint>, stride: number, start: number, n: number): void {
+  finishForward(presentKeys: Tensor[], presentValues: Tensor[], n: number): void {
     for (let i = 0; i < this.layout.num_layers; i++) {
       const key = presentKeys[i];
       if (key.location !== "cpu") {
@@ -215,19 +154,17 @@ export class SinkCacheState {
     }
     this.slots += n;
     this.seen += n;
-    this.fingerprint.add(ids, stride, start, n);
     if (this.sinksKept < this.policy.sink_size) this.keepSinkKeys();
   }
 
   private bind(batch: number): void {
     this.batch = batch;
-    this.fingerprint = new StreamFingerprint(batch);
     const { num_kv_heads, head_dim } = this.layout;
     for (let i = 0; i < this.layout.num_layers; i++) {
       const { kv_type } = this.layout;
       this.entries[this.keyNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
       this.entries[this.valueNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
-      if (this.positions.rope) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
+      if (this.rule.rotation) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
     }
     this.sinkScratch = new Float32Array(this.policy.sink_size * head_dim);
   }
@@ -235,7 +172,7 @@ export class SinkCacheState {
   /** Copies newly written sink keys while they still carry their own position's rotation. */
   private keepSinkKeys(): void {
     const kept = Math.min(this.policy.sink_size, this.slots);
-    if (this.positions.rope) {
+    if (this.rule.rotation) {
       const { head_dim } = this.layout;
       const rows = this.batch * this.layout.num_kv_heads;
       for (let i = 0; i < this.layout.num_layers; i++) {
@@ -253,7 +190,7 @@ export class SinkCacheState {
   private rotation(distance: number): KeyRotation {
     let rotation = this.rotations.get(distance);
     if (!rotation) {
-      const rope = this.positions.rope!;
+      const rope = this.rule.rotation!;
       rotation = new KeyRotation(rope.spec, rope.inverse_frequencies, distance);
       // Distances repeat (1..compaction_interval and their negatives), so a small memo covers the stream.
       if (this.rotations.size < 4 * (this.policy.compaction_interval + 2)) this.rotations.set(distance, rotation);
@@ -284,7 +221,8 @@ export class SinkCacheState {
     const windowLength = kept - sinks;
     const windowStart = sinks + this.evicted;
     const rows = this.batch * num_kv_heads;
-    const rotation = this.positions.rope && this.positions.position_ids === "slot" ? this.rotation(-this.evicted) : null;
+    // Slot positions shift down with the window, so its keys rotate back by the evicted count.
+    const rotation = this.rule.rotation && this.rule.position_ids === "slot" ? this.rotation(-this.evicted) : null;
     const scratch = rotation && kv_type !== "float32" ? new Float32Array(windowLength * head_dim) : this.sinkScratch;
     for (let i = 0; i < this.layout.num_layers; i++) {
       const oldKeys = this.entries[this.keyNames[i]].data as KvArray;
@@ -298,7 +236,7 @@ export class SinkCacheState {
         const windowTo = to + sinks * head_dim;
         copyKv(oldValues, from, sinks * head_dim, values, to);
         copyKv(oldValues, windowFrom, windowLength * head_dim, values, windowTo);
-        if (this.positions.rope) {
+        if (this.rule.rotation) {
           writeFromFloat32(this.sinkKeys[i], r * this.policy.sink_size * head_dim, sinks * head_dim, keys, to);
         } else {
           copyKv(oldKeys, from, sinks * head_dim, keys, to);

@@ -8,7 +8,9 @@ import type { DataType, DeviceType, PreTrainedModel, PreTrainedTokenizer } from 
 import { resolveModelPath, type Experiment } from "../perplexity/experiments.js";
 import { DEFAULT_ATTENTION_SINK_SIZE, DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { ModelConfig } from "../positions/families.js";
-import { enableAttentionSinks, resolveStreamingPolicy, type AttentionSinkSettings } from "../transformers/streaming_decoder.js";
+import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
+import { decoderInputs, decoderSession } from "../transformers/decoder_contract.js";
+import { enableAttentionSinks } from "../transformers/enable.js";
 
 export interface LoadOptions {
   experiment: Experiment;
@@ -41,7 +43,7 @@ export async function loadForGeneration(nameOrPath: string, options: LoadOptions
   }
   const window =
     options.attention_sink_window_size ??
-    resolveStreamingPolicy(model.config as unknown as ModelConfig, { attention_sink_size: sinks }).window_size;
+    resolveStreamingPolicy(model.config as unknown as ModelConfig, { attention_sink_size: sinks }, decoderInputs(decoderSession(model))).settings.window_size;
   const streaming = enableAttentionSinks(
     model,
     options.experiment === "windowed"

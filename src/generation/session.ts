@@ -15,7 +15,7 @@ import {
   type Tensor,
 } from "@huggingface/transformers";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
-import { cacheStats } from "../transformers/streaming_decoder.js";
+import { cacheStats } from "../transformers/stream_registry.js";
 import { TopKTopPFilter, WindowedRepetitionPenalty } from "./logits_processors.js";
 import { IncrementalTextDecoder } from "./text_decoder.js";
 

@@ -9,7 +9,7 @@ import { DynamicCache, Tensor, type PreTrainedModel, type PretrainedModelOptions
 import { AttentionSinkOptionError } from "../cache/options.js";
 import { resolveModelSource } from "../convert/index.js";
 import { AutoModelForCausalLM, type StreamingModel } from "../transformers/models.js";
-import { cacheStats } from "../transformers/streaming_decoder.js";
+import { cacheStats } from "../transformers/stream_registry.js";
 
 export const EXPERIMENTS = ["attention_sinks", "transformers", "windowed"] as const;
 export type Experiment = (typeof EXPERIMENTS)[number];

@@ -6,7 +6,7 @@ import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
 import { resolveModelSource } from "../convert/index.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
-import { enableAttentionSinks, type AttentionSinkModel } from "./streaming_decoder.js";
+import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
 
 /** transformers.js loading options plus the attention-sink options. */
 export type StreamingModelOptions = PretrainedModelOptions & AttentionSinkOptions;

@@ -8,7 +8,8 @@
  */
 import type { DecoderSpec, DecoderWeights } from "../../src/architecture/decoder_spec.js";
 import { alibiSlopes } from "../../src/positions/alibi.js";
-import { ropeAttentionFactor, ropeInverseFrequencies } from "../../src/positions/rope.js";
+// RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
+import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./reference/rope_formulas.js";
 
 /** One layer's cache, [batch, num_kv_heads, length, head_dim] row-major. */
 export interface NaiveLayerCache {
@@ -187,8 +188,8 @@ function mlp(spec: DecoderSpec, weights: DecoderWeights, layerPrefix: string, x:
 function rope(spec: DecoderSpec, projected: number[], position: number | undefined): number[] {
   if (spec.positions.kind !== "rope") return projected;
   const ropeSpec = spec.positions.rope;
-  const frequencies = ropeInverseFrequencies(ropeSpec);
-  const factor = ropeAttentionFactor(ropeSpec);
+  const frequencies = formulaInverseFrequenciesFloat32(ropeSpec);
+  const factor = formulaAttentionFactor(ropeSpec);
   const half = ropeSpec.rotary_dim / 2;
   const out = projected.slice();
   for (let head = 0; head * spec.head_dim < projected.length; head++) {

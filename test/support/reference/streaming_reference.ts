@@ -8,7 +8,8 @@
  * batch row without padding, where ALiBi's `mask_cumsum` and `key_index` positions coincide.
  */
 import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
-import { ropeAttentionFactor, ropeInverseFrequencies } from "../../../src/positions/rope.js";
+// RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
+import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./rope_formulas.js";
 
 /** What the cache keeps. */
 export interface ReferencePolicy {
@@ -59,8 +60,8 @@ export class StreamingReference {
       }
     }
     const positions = spec.positions;
-    this.inverseFrequencies = positions.kind === "rope" ? ropeInverseFrequencies(positions.rope) : null;
-    this.ropeMagnitude = positions.kind === "rope" ? ropeAttentionFactor(positions.rope) : 1;
+    this.inverseFrequencies = positions.kind === "rope" ? formulaInverseFrequenciesFloat32(positions.rope) : null;
+    this.ropeMagnitude = positions.kind === "rope" ? formulaAttentionFactor(positions.rope) : 1;
     this.slopes = positions.kind === "alibi" ? referenceAlibiSlopes(spec.num_heads) : null;
   }
 

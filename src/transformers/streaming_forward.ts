@@ -1,0 +1,204 @@
+/**
+ * The forward engine of a streaming transformers.js decoder: feeds a prompt in chunks the cache can take,
+ * builds each chunk's feeds from the cache's slots, runs the session, hands the presents back to the cache
+ * and gathers the logits asked for. The cache decides which slots are attended and at which positions.
+ */
+import { DynamicCache, Tensor } from "@huggingface/transformers";
+import type { Tensor as OrtTensor } from "onnxruntime-common";
+import type { AttentionSinkOptions } from "../cache/options.js";
+import { SinkCacheError, SinkCacheState, type CacheLayout } from "../cache/sink_cache.js";
+import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
+import type { ModelConfig } from "../positions/families.js";
+import type { SlotRule } from "../positions/slot_rule.js";
+import { decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { registerStream, streamOf, type Stream } from "./stream_registry.js";
+import { Transcript } from "./transcript.js";
+
+/** Inputs of a streaming forward pass (transformers.js names). */
+export interface StreamingForwardInputs {
+  input_ids: Tensor;
+  /** Must be all ones over the new tokens: padded rows are not supported. */
+  attention_mask?: Tensor | null;
+  /** The stream's cache; a new one is created when absent. Pass it back to continue the stream. */
+  past_key_values?: DynamicCache | null;
+  /** Logits to return: 0 (default) for every fed token, k for the last k. */
+  num_logits_to_keep?: number | Tensor | null;
+  /** Not accepted: the cache assigns positions. */
+  position_ids?: Tensor | null;
+}
+
+export interface StreamingForwardOutput {
+  logits: Tensor;
+  past_key_values: DynamicCache;
+}
+
+export class StreamingDecoder {
+  readonly settings: AttentionSinkSettings;
+  private readonly layout: CacheLayout;
+  private readonly rule: SlotRule;
+  private readonly inputs: DecoderInputs;
+  private readonly signature: string;
+  private readonly keyNames: string[];
+  private readonly valueNames: string[];
+
+  constructor(
+    private readonly session: DecoderSession,
+    config: ModelConfig,
+    options: AttentionSinkOptions,
+  ) {
+    this.inputs = decoderInputs(session);
+    const { settings, geometry, rule } = resolveStreamingPolicy(config, options, this.inputs);
+    this.settings = settings;
+    this.rule = rule;
+    this.layout = { num_layers: geometry.num_layers, num_kv_heads: geometry.num_kv_heads, head_dim: geometry.head_dim, kv_type: kvType(session) };
+    this.signature = JSON.stringify([settings, this.layout.num_layers, this.layout.kv_type]);
+    this.keyNames = Array.from({ length: this.layout.num_layers }, (_, i) => pastName(i, "key"));
+    this.valueNames = Array.from({ length: this.layout.num_layers }, (_, i) => pastName(i, "value"));
+  }
+
+  /** The stream behind a cache object, started on first use. */
+  stream(cache: DynamicCache): Stream {
+    const stream = streamOf(cache);
+    if (stream) {
+      if (stream.signature !== this.signature) {
+        throw new SinkCacheError("this cache belongs to a stream of another model or other attention-sink settings");
+      }
+      return stream;
+    }
+    if (cache.get_seq_length() > 0) {
+      throw new SinkCacheError(
+        "past_key_values already holds tokens from a model without attention sinks: start the stream with an empty `new DynamicCache()`",
+      );
+    }
+    const entries = cache as unknown as Record<string, Tensor>;
+    const started: Stream = {
+      signature: this.signature,
+      slots: new SinkCacheState(this.settings, this.layout, this.rule, entries, { keys: this.keyNames, values: this.valueNames }),
+      transcript: new Transcript(),
+    };
+    registerStream(cache, started);
+    return started;
+  }
+
+  async forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput> {
+    const { input_ids, attention_mask } = inputs;
+    if (!(input_ids instanceof Tensor) || input_ids.dims.length !== 2) {
+      throw new TypeError("input_ids must be an int64 Tensor of shape [batch, length] (inputs_embeds are not supported)");
+    }
+    if (inputs.position_ids) {
+      throw new SinkCacheError("position_ids cannot be given to an attention-sink model: the cache assigns positions");
+    }
+    const [batch, length] = input_ids.dims;
+    if (length === 0) throw new RangeError("input_ids is empty: give at least one token");
+    if (attention_mask) rejectPadding(attention_mask, batch, length);
+    const cache = inputs.past_key_values ?? new DynamicCache();
+    const stream = this.stream(cache);
+    const ids = input_ids.data as BigInt64Array;
+    const keep = Math.min(length, scalar(inputs.num_logits_to_keep) || length);
+
+    let logits: Tensor | null = null;
+    let gathered: Float32Array | null = null;
+    let vocab = 0;
+    for (let start = 0; start < length; ) {
+      const n = stream.slots.nextChunkLength(length - start);
+      const chunkLogits = await this.runChunk(stream.slots, ids, batch, length, start, n, Math.max(1, Math.min(n, start + n - (length - keep))));
+      stream.transcript.record(ids, batch, length, start, n);
+      const returned = chunkLogits.dims[1];
+      if (start === 0 && n === length && returned === keep) {
+        logits = chunkLogits; // one pass that returned exactly what was asked: no copy
+      } else {
+        vocab = chunkLogits.dims[2];
+        gathered ??= new Float32Array(batch * keep * vocab);
+        copyKeptLogits(chunkLogits.data as Float32Array, gathered, batch, vocab, start + n - returned, returned, length - keep, keep);
+      }
+      start += n;
+    }
+    logits ??= new Tensor("float32", gathered!, [batch, keep, vocab]);
+    return { logits, past_key_values: cache };
+  }
+
+  private async runChunk(
+    slots: SinkCacheState,
+    ids: BigInt64Array,
+    batch: number,
+    length: number,
+    start: number,
+    n: number,
+    logitsToKeep: number,
+  ): Promise<Tensor> {
+    slots.beginForward(batch, n);
+    const { attention_mask, position_ids } = slots.maskAndPositions(n);
+    const chunkIds = start === 0 && n === length ? ids : sliceColumns(ids, batch, length, start, n);
+    const feeds: Record<string, Tensor> = {
+      input_ids: new Tensor("int64", chunkIds, [batch, n]),
+      attention_mask,
+      ...slots.pastFeeds(),
+    };
+    if (this.inputs.takes_position_ids) feeds.position_ids = position_ids;
+    if (this.inputs.takes_logits_to_keep) feeds.num_logits_to_keep = new Tensor("int64", BigInt64Array.of(BigInt(logitsToKeep)), []);
+    if (this.inputs.takes_cache_branch) feeds.use_cache_branch = new Tensor("bool", [slots.seen_tokens > 0], [1]);
+    const ortFeeds: Record<string, OrtTensor> = {};
+    for (const name in feeds) ortFeeds[name] = feeds[name].ort_tensor as OrtTensor;
+    const outputs = await this.session.run(ortFeeds);
+    const keys: Tensor[] = [];
+    const values: Tensor[] = [];
+    for (let i = 0; i < this.layout.num_layers; i++) {
+      const key = outputs[presentName(i, "key")];
+      const value = outputs[presentName(i, "value")];
+      if (!key || !value) throw new SinkCacheError(`the model returned no present.${i}.key/value: it does not follow the transformers.js decoder contract`);
+      keys.push(new Tensor(key));
+      values.push(new Tensor(value));
+    }
+    slots.finishForward(keys, values, n);
+    return new Tensor(outputs.logits);
+  }
+}
+
+function scalar(value: number | Tensor | null | undefined): number {
+  if (value === null || value === undefined) return 0;
+  return value instanceof Tensor ? Number(value.data[0]) : value;
+}
+
+export function sliceColumns(ids: BigInt64Array, batch: number, length: number, start: number, n: number): BigInt64Array {
+  const out = new BigInt64Array(batch * n);
+  for (let b = 0; b < batch; b++) out.set(ids.subarray(b * length + start, b * length + start + n), b * n);
+  return out;
+}
+
+/** Copies the logits of tokens [first, first + count) that fall in the kept range [keptStart, keptStart + keep). */
+function copyKeptLogits(
+  source: Float32Array,
+  target: Float32Array,
+  batch: number,
+  vocab: number,
+  first: number,
+  count: number,
+  keptStart: number,
+  keep: number,
+): void {
+  const from = Math.max(first, keptStart);
+  const to = Math.min(first + count, keptStart + keep);
+  for (let b = 0; b < batch; b++) {
+    for (let t = from; t < to; t++) {
+      const s = (b * count + (t - first)) * vocab;
+      target.set(source.subarray(s, s + vocab), (b * keep + (t - keptStart)) * vocab);
+    }
+  }
+}
+
+export function rejectPadding(mask: Tensor, batch: number, length: number): void {
+  const [rows, columns] = mask.dims;
+  if (rows !== batch || columns < length) {
+    throw new RangeError(`attention_mask has shape [${mask.dims}] but input_ids has [${batch}, ${length}]`);
+  }
+  const data = mask.data as BigInt64Array;
+  for (let b = 0; b < batch; b++) {
+    for (let t = columns - length; t < columns; t++) {
+      if (data[b * columns + t] !== 1n) {
+        throw new SinkCacheError(
+          "padded batches are not supported by attention-sinks: give rows of equal length (attention_mask all ones), or run the rows one at a time",
+        );
+      }
+    }
+  }
+}
