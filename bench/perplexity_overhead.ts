@@ -6,13 +6,19 @@
  */
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { AutoTokenizer, Tensor, type PreTrainedModel } from "@huggingface/transformers";
+import { Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import { tokenNll } from "../src/perplexity/evaluate.js";
-import { loadPlainModel, loadSinkModel, resolveModelPath, SinkCacheStepper, type ExperimentOptions } from "../src/perplexity/experiments.js";
+import { decoderSession, type DecoderSession } from "../src/transformers/decoder_contract.js";
+import { DenseStream, loadTransformersBackend } from "../src/transformers/backend.js";
 import { median } from "./stats.js";
 
-export interface StepTimeOptions extends ExperimentOptions {
+export interface StepTimeOptions {
+  /** A transformers.js model directory or a convertible checkpoint. */
+  model_name_or_path: string;
+  /** Tokens attention sees (sinks included). */
+  window_size: number;
+  attention_sink_size: number;
   /** Token ids to feed (repeated when the run needs more). */
   tokens: readonly number[];
   /** Timed tokens per round and side (default 200). */
@@ -32,11 +38,6 @@ export interface StepTimeResult {
   ratio: number;
 }
 
-interface Session {
-  readonly inputNames: readonly string[];
-  run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
-}
-
 function int64(values: readonly number[]): Tensor {
   return new Tensor("int64", BigInt64Array.from(values, BigInt), [1, values.length]);
 }
@@ -47,15 +48,18 @@ export async function compareStepTime(options: StepTimeOptions): Promise<StepTim
   const length = options.window_size;
   const token = (i: number) => options.tokens[i % options.tokens.length];
 
-  const sink = new SinkCacheStepper(await loadSinkModel("attention_sinks", options));
+  const { model_name_or_path, window_size, attention_sink_size } = options;
+  const sink = await loadTransformersBackend(model_name_or_path, { experiment: "attention_sinks", window_size, attention_sink_size });
   let fed = 0;
   const sinkSteps = async (count: number) => {
-    for (let end = fed + count; fed < end; fed++) tokenNll(await sink.step(token(fed)), token(fed + 1));
+    for (let end = fed + count; fed < end; fed++) tokenNll(await sink.feed([token(fed)]), token(fed + 1));
   };
   // Past the fill and the first compactions, and warmed up.
   await sinkSteps(2 * length + steps);
 
-  const bare = await bareForward(await loadPlainModel(options), Array.from({ length }, (_, i) => token(i)));
+  const plain = await loadTransformersBackend(model_name_or_path, { experiment: "transformers" });
+  if (!(plain instanceof DenseStream)) throw new Error("the transformers experiment loads a dense stream");
+  const bare = await bareForward(plain.model, Array.from({ length }, (_, i) => token(i)));
   for (let i = 0; i < steps; i++) await bare(token(i));
 
   const sinkTimes: number[] = [];
@@ -78,8 +82,7 @@ export async function compareStepTime(options: StepTimeOptions): Promise<StepTim
  * but the last of `context` (computed once), so each pass attends to `context.length` tokens.
  */
 async function bareForward(model: PreTrainedModel, context: readonly number[]): Promise<(token: number) => Promise<void>> {
-  const session = (model.sessions as Record<string, Session | undefined>).model;
-  if (!session) throw new Error(`${model.constructor.name} has no decoder session "model"`);
+  const session: DecoderSession = decoderSession(model);
   const past = context.slice(0, -1);
   const prefill = (await model.forward({ input_ids: int64(past), attention_mask: int64(past.map(() => 1)), past_key_values: null })) as Record<string, Tensor>;
   const feeds: Record<string, OrtTensor> = {};
@@ -105,8 +108,7 @@ async function bareForward(model: PreTrainedModel, context: readonly number[]): 
 async function main(argv: readonly string[]): Promise<void> {
   const [model, text, window] = argv;
   if (!model || !text || !window) throw new Error("usage: node dist/bench/perplexity_overhead.js MODEL TEXT_FILE WINDOW");
-  const { path } = await resolveModelPath(model);
-  const tokenizer = await AutoTokenizer.from_pretrained(path, { local_files_only: true });
+  const { tokenizer } = await loadTransformersBackend(model, { experiment: "transformers" });
   const tokens = tokenizer.encode(readFileSync(text, "utf8").slice(0, 50_000));
   const r = await compareStepTime({ model_name_or_path: model, window_size: Number(window), attention_sink_size: 4, tokens, steps: 500, rounds: 7 });
   console.log(

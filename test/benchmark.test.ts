@@ -18,7 +18,6 @@ import {
   OutputExistsError,
   encodeSample,
   evaluatePerplexity,
-  loadStepper,
   loadTextSamples,
   parseBenchmarkCsv,
   runPerplexity,
@@ -26,9 +25,10 @@ import {
   tokenNll,
   type Experiment,
   type TokenRecord,
-  type TokenStepper,
+  type TokenStream,
 } from "../src/perplexity/index.js";
 import { AutoTokenizer, env } from "../src/index.js";
+import { loadTransformersBackend, TransformersTokenizer } from "../src/transformers/backend.js";
 import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
 import { writeTinyTokenizer } from "./support/fixtures/tiny_tokenizer.js";
 import type { TinyVariant } from "./support/fixtures/tiny_models.js";
@@ -56,8 +56,9 @@ describe("evaluatePerplexity equals the StreamingLLM oracle token by token", () 
     for (const experiment of Object.keys(POLICIES) as Experiment[]) {
       it(`${variant}, ${experiment}: NLL, perplexities and KV bytes of every token`, async () => {
         const f = await fixture(variant);
+        await writeTinyTokenizer(f.dir);
         const tokens = tokenStream(4 * WINDOW + 5, f.spec.vocab_size, 11);
-        const stepper = await loadStepper(experiment, { model_name_or_path: f.dir, window_size: WINDOW, attention_sink_size: SINKS });
+        const stepper = await loadTransformersBackend(f.dir, { experiment, window_size: WINDOW, attention_sink_size: SINKS });
         const records: TokenRecord[] = [];
         const result = await evaluatePerplexity(stepper, [tokens], { num_tokens: 1000, onToken: (r) => records.push(r) });
 
@@ -88,16 +89,17 @@ describe("evaluatePerplexity equals the StreamingLLM oracle token by token", () 
 });
 
 /** Logits that give the fed token's id the highest score, and records what was fed. */
-class FakeStepper implements TokenStepper {
+class FakeStepper implements TokenStream {
   readonly fed: number[] = [];
-  async step(token: number): Promise<Float32Array> {
-    this.fed.push(token);
+  async feed(tokens: readonly number[]): Promise<Float32Array> {
+    this.fed.push(...tokens);
     const logits = new Float32Array(16);
-    logits[token] = 3;
+    logits[tokens[0]] = 3;
     return logits;
   }
-  kvCacheBytes(): number {
-    return this.fed.length;
+  stats() {
+    const tokens = this.fed.length;
+    return { seen_tokens: tokens, cached_tokens: tokens, kv_cache_bytes: tokens, kv_buffer_bytes: tokens };
   }
 }
 
@@ -146,7 +148,7 @@ describe("runPerplexity", () => {
     const rows = ["the cat sat.", "she was happy!", "what a day"].map((text) => JSON.stringify({ text })).join("\n");
     await writeFile(join(dir, "rows.jsonl"), rows + "\n{ not json\n");
     const tokenizer = await AutoTokenizer.from_pretrained(f.dir, { local_files_only: true });
-    const lengths = ["the cat sat.", "she was happy!"].map((text) => encodeSample(tokenizer, text).length);
+    const lengths = ["the cat sat.", "she was happy!"].map((text) => encodeSample(new TransformersTokenizer(tokenizer), text).length);
     const seen: number[] = [];
     const result = await runPerplexity(
       {
@@ -298,18 +300,19 @@ describe("datasets", () => {
     const f = await fixture("llama");
     await writeTinyTokenizer(f.dir);
     const tokenizer = await AutoTokenizer.from_pretrained(f.dir, { local_files_only: true });
-    const ids = encodeSample(tokenizer, "the cat");
+    const ids = encodeSample(new TransformersTokenizer(tokenizer), "the cat");
     assert.equal(ids[0], 1);
     assert.equal(ids.filter((id) => id === 1).length, 1, "the post-processor's BOS is not added twice");
     // A tokenizer without a post-processor, whose config asks for a BOS.
     const bare = Object.assign(Object.create(tokenizer) as typeof tokenizer, { encode: (text: string) => tokenizer.encode(text).slice(1) });
-    assert.deepEqual(encodeSample(bare, "the cat"), ids);
+    assert.deepEqual(encodeSample(new TransformersTokenizer(bare), "the cat"), ids);
   });
 });
 
 describe("compareStepTime", () => {
   it("times the attention_sinks experiment's steps against bare forward passes at the same cache length", async () => {
     const f = await fixture("llama");
+    await writeTinyTokenizer(f.dir);
     const result = await compareStepTime({
       model_name_or_path: f.dir,
       window_size: WINDOW,

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseCommandLine, UsageError } from "../src/cli/args.js";
+import { UsageError } from "../src/cli/args.js";
 import { chatCommand } from "../src/cli/commands/chat.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { jsonLines, runCli, type CliOptions } from "./support/cli.js";
@@ -58,7 +58,7 @@ describe("chat: help and usage errors", () => {
     ];
     for (const [args, message] of cases) {
       await assert.rejects(
-        (async () => chatCommand.run(parseCommandLine(chatCommand.spec, args)))(),
+        chatCommand.execute(args),
         (error: Error) => error instanceof UsageError && message.test(error.message),
         args.join(" "),
       );

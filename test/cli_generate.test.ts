@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseCommandLine, UsageError } from "../src/cli/args.js";
+import { UsageError } from "../src/cli/args.js";
 import { generateCommand } from "../src/cli/commands/generate.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { jsonLines, runCli as cli } from "./support/cli.js";
@@ -85,7 +85,7 @@ describe("generate: help and usage errors", () => {
     ];
     for (const [args, message] of cases) {
       await assert.rejects(
-        (async () => generateCommand.run(parseCommandLine(generateCommand.spec, args)))(),
+        generateCommand.execute(args),
         (error: Error) => error instanceof UsageError && message.test(error.message),
         args.join(" "),
       );

@@ -16,7 +16,9 @@ import { Chat, parsePrompts, PromptFileError } from "../src/generation/chat.js";
 import { TopKTopPFilter, WindowedRepetitionPenalty } from "../src/generation/logits_processors.js";
 import { GenerationSession, type TurnResult } from "../src/generation/session.js";
 import { IncrementalTextDecoder } from "../src/generation/text_decoder.js";
-import { enableAttentionSinks } from "../src/transformers/enable.js";
+import type { StreamingBackend } from "../src/backend/backend.js";
+import { DenseStream, SinkStream, TransformersTokenizer } from "../src/transformers/backend.js";
+import { enableAttentionSinks, type AttentionSinkModel } from "../src/transformers/enable.js";
 import { sharedFiles } from "./support/shared_data.js";
 
 transformers.env.allowRemoteModels = false;
@@ -34,6 +36,12 @@ async function loadTokenizer(path = dir): Promise<PreTrainedTokenizer> {
 async function loadModel(sinks: { sink: number; window: number } | null): Promise<PreTrainedModel> {
   const model = await transformers.AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true });
   return sinks ? enableAttentionSinks(model, { attention_sink_size: sinks.sink, attention_sink_window_size: sinks.window }) : model;
+}
+
+/** The model as a stream for a generation session: through the sink cache, or plain transformers.js. */
+async function loadBackend(sinks: { sink: number; window: number } | null, tokenizer: PreTrainedTokenizer): Promise<StreamingBackend> {
+  const model = await loadModel(sinks);
+  return sinks ? new SinkStream(model as PreTrainedModel & AttentionSinkModel, tokenizer) : new DenseStream(model, tokenizer, 64);
 }
 
 function streamDecode(tokenizer: PreTrainedTokenizer, context: bigint[], ids: readonly number[]): string {
@@ -120,9 +128,9 @@ describe("GenerationSession", () => {
 
   async function sessionContinuation(sinks: { sink: number; window: number } | null, options: Partial<Parameters<GenerationSession["generate"]>[1]>) {
     const tokenizer = await loadTokenizer();
-    const session = new GenerationSession(await loadModel(sinks), tokenizer, { repetition_window: 64 });
+    const session = new GenerationSession(await loadBackend(sinks, tokenizer), { repetition_window: 64 });
     let text = "";
-    const result = await session.generate(tokenizer(prompt).input_ids as Tensor, {
+    const result = await session.generate(tokenizer.encode(prompt), {
       max_new_tokens: 40,
       ...options,
       onText: (piece) => {
@@ -152,21 +160,21 @@ describe("GenerationSession", () => {
     assert.equal(text, full.slice(0, full.indexOf(stop)));
 
     const tokenizer = await loadTokenizer();
-    const session = new GenerationSession(await loadModel({ sink: 4, window: 28 }), tokenizer, { repetition_window: 32 });
-    const interrupted = await session.generate(tokenizer(prompt).input_ids as Tensor, {
+    const session = new GenerationSession(await loadBackend({ sink: 4, window: 28 }, tokenizer), { repetition_window: 32 });
+    const interrupted = await session.generate(tokenizer.encode(prompt), {
       max_new_tokens: 1000,
       onToken: (n) => n === 5 && session.interrupt(),
     });
     assert.deepEqual([interrupted.stopped, interrupted.new_tokens], ["interrupted", 5]);
     // The flag belongs to that turn: the next one runs to its end.
-    const next = await session.generate(tokenizer(" and").input_ids as Tensor, { max_new_tokens: 7 });
+    const next = await session.generate(tokenizer.encode(" and"), { max_new_tokens: 7 });
     assert.deepEqual([next.stopped, next.new_tokens], ["max_new_tokens", 7]);
     assert.equal(session.stats().cached_tokens, 32);
   });
 
   it("a plain transformers.js model runs one turn per reset()", async () => {
     const { session } = await sessionContinuation(null, { max_new_tokens: 3 });
-    const ids = session.tokenizer(" more").input_ids as Tensor;
+    const ids = session.tokenizer.encode(" more");
     await assert.rejects(session.generate(ids, { max_new_tokens: 3 }), /only a model with attention sinks/);
     session.reset();
     assert.equal((await session.generate(ids, { max_new_tokens: 3 })).new_tokens, 3);
@@ -178,7 +186,7 @@ describe("Chat turns", () => {
   async function fakeChat(path: string, result: Omit<TurnResult, "prompt_tokens" | "seconds">, reply: string) {
     const tokenizer = await loadTokenizer(path);
     const session = {
-      tokenizer,
+      tokenizer: new TransformersTokenizer(tokenizer),
       reset() {},
       async generate(_ids: Tensor, options: { onText?: (text: string) => void }) {
         options.onText?.(reply);

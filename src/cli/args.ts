@@ -4,12 +4,12 @@
  */
 import { parseArgs } from "node:util";
 
-export type FlagValue = string | number | boolean | string[] | undefined;
+export type FlagType = "string" | "integer" | "number" | "boolean" | "list";
 
 export interface FlagSpec {
-  type: "string" | "integer" | "number" | "boolean" | "list";
+  type: FlagType;
   description: string;
-  default?: string | number | boolean | string[];
+  default?: string | number | boolean | readonly string[];
   /** Allowed values (strings and list items). */
   choices?: readonly string[];
   /** Smallest allowed value (integers and numbers). */
@@ -19,12 +19,37 @@ export interface FlagSpec {
   metavar?: string;
 }
 
-export interface CommandSpec {
+export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
+
+/** The value a flag parses to: its choices' union where it has choices. */
+type FlagValueOf<F extends FlagSpec> = F["type"] extends "boolean"
+  ? boolean
+  : F["type"] extends "integer" | "number"
+    ? number
+    : F["type"] extends "list"
+      ? F["choices"] extends readonly (infer C)[]
+        ? C[]
+        : string[]
+      : F["choices"] extends readonly (infer C)[]
+        ? C
+        : string;
+
+/** Parsed flags, typed from their spec: a flag without a default may be absent (booleans default to false). */
+export type FlagValues<S extends FlagSpecs> = {
+  readonly [K in keyof S]: S[K] extends { type: "boolean" } | { default: unknown } ? FlagValueOf<S[K]> : FlagValueOf<S[K]> | undefined;
+};
+
+/** Declares flags, keeping their literal types (choices, defaults) for {@link FlagValues}. */
+export function flags<const S extends FlagSpecs>(specs: S): S {
+  return specs;
+}
+
+export interface CommandSpec<S extends FlagSpecs = FlagSpecs> {
   name: string;
   summary: string;
   /** Positional arguments, by name, in order. */
   positionals?: readonly { name: string; description: string; optional?: boolean }[];
-  flags: Readonly<Record<string, FlagSpec>>;
+  flags: S;
   examples?: readonly string[];
 }
 
@@ -33,13 +58,15 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-export interface ParsedArgs {
-  flags: Record<string, FlagValue>;
+export interface ParsedArgs<S extends FlagSpecs = FlagSpecs> {
+  flags: FlagValues<S>;
   positionals: string[];
   help: boolean;
 }
 
-export function parseCommandLine(spec: CommandSpec, argv: readonly string[]): ParsedArgs {
+type RawValue = string | number | boolean | readonly string[] | undefined;
+
+export function parseCommandLine<S extends FlagSpecs>(spec: CommandSpec<S>, argv: readonly string[]): ParsedArgs<S> {
   const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = { help: { type: "boolean" } };
   for (const [name, flag] of Object.entries(spec.flags)) {
     options[name] = flag.type === "boolean" ? { type: "boolean" } : { type: "string", multiple: flag.type === "list" };
@@ -50,23 +77,24 @@ export function parseCommandLine(spec: CommandSpec, argv: readonly string[]): Pa
   } catch (error) {
     throw new UsageError((error as Error).message.replace(/^.*?Unknown option/, "unknown option").replace(/\. To specify.*$/s, ""));
   }
-  if (parsed.values.help) return { flags: {}, positionals: parsed.positionals, help: true };
+  if (parsed.values.help) return { flags: {} as FlagValues<S>, positionals: parsed.positionals, help: true };
   const required = (spec.positionals ?? []).filter((p) => !p.optional).length;
   const allowed = spec.positionals?.length ?? 0;
   if (parsed.positionals.length < required || parsed.positionals.length > allowed) {
     const names = (spec.positionals ?? []).map((p) => (p.optional ? `[${p.name}]` : p.name)).join(" ");
     throw new UsageError(`expected ${names || "no positional arguments"}, got ${parsed.positionals.length ? parsed.positionals.join(" ") : "none"}`);
   }
-  const flags: Record<string, FlagValue> = {};
+  const values: Record<string, RawValue> = {};
   for (const [name, flag] of Object.entries(spec.flags)) {
     const raw = (parsed.values as Record<string, string | boolean | string[] | undefined>)[name];
-    flags[name] = raw === undefined ? flag.default : convert(name, flag, raw);
+    values[name] = raw === undefined ? (flag.default ?? (flag.type === "boolean" ? false : undefined)) : convert(name, flag, raw);
   }
-  return { flags, positionals: parsed.positionals, help: false };
+  // Each value was converted by its own spec above, which is what FlagValues<S> describes.
+  return { flags: values as FlagValues<S>, positionals: parsed.positionals, help: false };
 }
 
 /** `--features a b c` (the seed's space-separated lists) becomes `--features=a,b,c`. */
-function joinListValues(spec: CommandSpec, argv: readonly string[]): string[] {
+function joinListValues(spec: CommandSpec<FlagSpecs>, argv: readonly string[]): string[] {
   const args: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const name = argv[i].startsWith("--") && !argv[i].includes("=") ? argv[i].slice(2) : undefined;
@@ -81,7 +109,7 @@ function joinListValues(spec: CommandSpec, argv: readonly string[]): string[] {
   return args;
 }
 
-function convert(name: string, flag: FlagSpec, raw: string | boolean | string[]): FlagValue {
+function convert(name: string, flag: FlagSpec, raw: string | boolean | string[]): RawValue {
   if (flag.type === "boolean") return raw as boolean;
   if (flag.type === "list") {
     const items = (raw as string[]).flatMap((item) => item.split(/[\s,]+/)).filter(Boolean);
@@ -108,12 +136,12 @@ function checkChoice(name: string, flag: FlagSpec, value: string): void {
   }
 }
 
-export function usageLine(spec: CommandSpec): string {
+export function usageLine(spec: CommandSpec<FlagSpecs>): string {
   const positionals = (spec.positionals ?? []).map((p) => (p.optional ? ` [${p.name}]` : ` ${p.name}`)).join("");
   return `usage: attention-sinks ${spec.name}${positionals} [options]`;
 }
 
-export function helpText(spec: CommandSpec): string {
+export function helpText(spec: CommandSpec<FlagSpecs>): string {
   const lines = [usageLine(spec), "", spec.summary, ""];
   if (spec.positionals?.length) {
     lines.push("arguments:");

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** The `attention-sinks` command line: a thin layer over the library API. */
-import { helpText, parseCommandLine, UsageError, usageLine } from "./args.js";
+import { helpText, UsageError, usageLine } from "./args.js";
 import type { Command } from "./command.js";
 import { COMMANDS } from "./commands/index.js";
 
@@ -30,12 +30,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 2;
   }
   try {
-    const args = parseCommandLine(command.spec, rest);
-    if (args.help) {
-      process.stdout.write(helpText(command.spec) + "\n");
-      return 0;
-    }
-    return await command.run(args);
+    const code = await command.execute(rest);
+    if (code !== "help") return code;
+    process.stdout.write(helpText(command.spec) + "\n");
+    return 0;
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`attention-sinks ${name}: ${error.message}\n${usageLine(command.spec)}\nRun \`attention-sinks ${name} --help\` for details.\n`);

@@ -4,7 +4,7 @@
  * without it), or a plain `User:` / `Assistant:` format when the tokenizer has no template. Only the
  * previous exchange is kept for rendering, so a conversation of any length runs in constant memory.
  */
-import type { Message, PreTrainedTokenizer, Tensor } from "@huggingface/transformers";
+import type { ChatMessage, TextTokenizer } from "../backend/backend.js";
 import type { GenerationSession, TurnOptions, TurnResult } from "./session.js";
 
 export type ChatFormat = "chat_template" | "plain";
@@ -23,7 +23,7 @@ export class Chat {
   private previous: { user: string; reply: string; result: TurnResult } | null = null;
 
   constructor(readonly session: GenerationSession) {
-    this.format = session.tokenizer.chat_template ? "chat_template" : "plain";
+    this.format = session.tokenizer.has_chat_template ? "chat_template" : "plain";
   }
 
   /** Sends a user message; the reply streams through `options.onText`. */
@@ -52,10 +52,10 @@ export class Chat {
     return this.format === "plain" ? this.plainTurn(message) : this.templateTurn(message);
   }
 
-  private userTurn(message: string): Tensor {
+  private userTurn(message: string): number[] {
     // A template writes its own BOS; the plain format gets the tokenizer's at the start of the stream.
     const add_special_tokens = this.previous === null && this.format === "plain";
-    return this.session.tokenizer(this.nextTurnText(message), { add_special_tokens }).input_ids as Tensor;
+    return this.session.tokenizer.encode(this.nextTurnText(message), { add_special_tokens });
   }
 
   private plainTurn(message: string): string {
@@ -67,10 +67,10 @@ export class Chat {
 
   private templateTurn(message: string): string {
     const tokenizer = this.session.tokenizer;
-    const user: Message = { role: "user", content: message };
+    const user: ChatMessage = { role: "user", content: message };
     const previous = this.previous;
     if (previous === null) return render(tokenizer, [user], true);
-    const history: Message[] = [
+    const history: ChatMessage[] = [
       { role: "user", content: previous.user },
       { role: "assistant", content: previous.reply },
     ];
@@ -92,8 +92,8 @@ export class Chat {
   }
 }
 
-function render(tokenizer: PreTrainedTokenizer, messages: Message[], add_generation_prompt: boolean): string {
-  return tokenizer.apply_chat_template(messages, { tokenize: false, add_generation_prompt }) as string;
+function render(tokenizer: TextTokenizer, messages: ChatMessage[], add_generation_prompt: boolean): string {
+  return tokenizer.renderChat(messages, add_generation_prompt);
 }
 
 /** A prompts file that cannot be read as prompts. */

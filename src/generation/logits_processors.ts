@@ -32,19 +32,14 @@ export class WindowedRepetitionPenalty extends LogitsProcessor {
     input_ids.forEach((ids, row) => {
       const window = (this.rows[row] ??= new PenaltyWindow(this.window));
       window.advance(ids);
-      const offset = row * vocab;
-      for (const token of window.tokens()) {
-        if (token >= vocab) continue;
-        const value = data[offset + token];
-        data[offset + token] = value < 0 ? value * this.penalty : value / this.penalty;
-      }
+      window.penalize(data, row * vocab, vocab, this.penalty);
     });
     return logits;
   }
 }
 
 /** The distinct tokens among the last `size` ids of one growing sequence. */
-class PenaltyWindow {
+export class PenaltyWindow {
   private readonly ring: Int32Array;
   private readonly counts = new Map<number, number>();
   private filled = 0;
@@ -62,11 +57,17 @@ class PenaltyWindow {
     this.consumed = ids.length;
   }
 
-  tokens(): IterableIterator<number> {
-    return this.counts.keys();
+  /** Applies the penalty to the window's tokens in the row of `vocab` logits at `offset`. */
+  penalize(data: Float32Array, offset: number, vocab: number, penalty: number): void {
+    for (const token of this.counts.keys()) {
+      if (token >= vocab) continue;
+      const value = data[offset + token];
+      data[offset + token] = value < 0 ? value * penalty : value / penalty;
+    }
   }
 
-  private add(token: number): void {
+  /** Appends one id to the sequence. */
+  add(token: number): void {
     if (this.filled === this.ring.length) {
       const old = this.ring[this.next];
       const left = this.counts.get(old)! - 1;

@@ -1,36 +1,15 @@
 /**
- * A text-generation session: one cache carried across `generate()` calls, text streamed as it becomes final,
- * and per-token work that does not grow with the stream (bounded detokenization, a windowed repetition
- * penalty, no per-token walk over the ids generated so far), so an attention-sink model streams 100,000
- * tokens in constant memory apart from the ids transformers.js itself keeps (8 bytes per token).
+ * A text-generation session on one stream of a {@link StreamingBackend}: turn after turn on the same cache,
+ * text streamed as it becomes final, and per-token work that does not grow with the stream (bounded
+ * detokenization, a windowed repetition penalty, no list of every id generated), so an attention-sink model
+ * streams a million tokens in constant memory.
  */
-import {
-  BaseStreamer,
-  DynamicCache,
-  InterruptableStoppingCriteria,
-  LogitsProcessorList,
-  type PreTrainedModel,
-  type TextStreamer,
-  type PreTrainedTokenizer,
-  type Tensor,
-} from "@huggingface/transformers";
+import type { StreamingBackend, TextTokenizer } from "../backend/backend.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
-import { cacheStats } from "../transformers/stream_registry.js";
-import { TopKTopPFilter, WindowedRepetitionPenalty } from "./logits_processors.js";
+import { TokenChooser, type SamplingOptions } from "./decoding.js";
 import { IncrementalTextDecoder } from "./text_decoder.js";
 
-export interface SamplingOptions {
-  /** Sample instead of decoding greedily (default false). */
-  do_sample?: boolean;
-  /** Softmax temperature when sampling (default 1). */
-  temperature?: number;
-  /** Sample among the k most likely tokens; 0 for all (default 50, as in transformers). */
-  top_k?: number;
-  /** Sample among the fewest tokens whose probabilities sum to top_p (default 1: off). */
-  top_p?: number;
-  /** Penalty on the tokens of the last `repetition_window` ids (default 1: off). */
-  repetition_penalty?: number;
-}
+export type { SamplingOptions } from "./decoding.js";
 
 export interface TurnOptions extends SamplingOptions {
   max_new_tokens: number;
@@ -56,126 +35,121 @@ export interface TurnResult {
 }
 
 export interface SessionOptions {
-  /** How many of the latest ids the repetition penalty looks at: use the cache's sink + window size. */
-  repetition_window: number;
+  /** How many of the latest ids the repetition penalty looks at (default: the backend's sink + window). */
+  repetition_window?: number;
 }
 
 export class GenerationSession {
-  private cache = new DynamicCache();
-  private readonly interruption = new InterruptableStoppingCriteria();
-  private readonly eosTokens: Set<bigint>;
+  private interrupted = false;
+  /** The last token generated, which is not fed until the next turn continues the stream with it. */
+  private pending: number | null = null;
+  private readonly eosTokens: ReadonlySet<number>;
+  private readonly repetitionWindow: number;
 
   constructor(
-    readonly model: PreTrainedModel,
-    readonly tokenizer: PreTrainedTokenizer,
-    readonly options: SessionOptions,
+    readonly backend: StreamingBackend,
+    options: SessionOptions = {},
   ) {
-    type EosConfig = { eos_token_id?: number | number[] | null } | null;
-    const eos = (model.generation_config as EosConfig)?.eos_token_id ?? (model.config as EosConfig)?.eos_token_id;
-    this.eosTokens = new Set([eos ?? []].flat().map((id) => BigInt(id)));
+    this.eosTokens = new Set(backend.eos_token_ids);
+    this.repetitionWindow = options.repetition_window ?? backend.window_tokens;
   }
 
-  /** Whether the model streams through an attention-sink cache (and so can run turn after turn). */
+  get tokenizer(): TextTokenizer {
+    return this.backend.tokenizer;
+  }
+
+  /** Whether the stream goes on turn after turn (an attention-sink cache), or needs a reset() between turns. */
   get streaming(): boolean {
-    return "attention_sinks" in this.model;
+    return this.backend.endless;
   }
 
   /** Stops the running turn after its current token. Only sets a flag: safe from a signal handler. */
   interrupt(): void {
-    this.interruption.interrupt();
+    this.interrupted = true;
   }
 
   /** Starts a new stream on an empty cache. */
   reset(): void {
-    this.cache = new DynamicCache();
+    this.backend.reset();
+    this.pending = null;
   }
 
-  /** The cache's counters; for a plain transformers.js cache, every streamed token stays cached. */
   stats(): SinkCacheStats {
-    return cacheStats(this.cache);
+    return this.backend.stats();
   }
-
 
   /**
-   * Generates a continuation of `input_ids` ([1, n]) on the session's cache: the whole text so far on the
-   * first turn, then only the new tokens of each later turn.
+   * Generates a continuation of `input_ids` on the session's stream: the whole text so far on the first
+   * turn, then only the new tokens of each later turn.
    */
-  async generate(input_ids: Tensor, options: TurnOptions): Promise<TurnResult> {
+  async generate(input_ids: readonly number[], options: TurnOptions): Promise<TurnResult> {
     if (!this.streaming && this.stats().seen_tokens > 0) {
       throw new Error("only a model with attention sinks continues a stream over several turns: reset() the session first");
     }
-    const { do_sample = false, temperature = 1, top_k = 50, top_p = 1, repetition_penalty = 1 } = options;
-    const processors = new LogitsProcessorList();
-    if (repetition_penalty !== 1) processors.push(new WindowedRepetitionPenalty(repetition_penalty, this.options.repetition_window));
-    if (do_sample && top_p < 1) processors.push(new TopKTopPFilter(top_k, top_p));
-    const stopString = new InterruptableStoppingCriteria();
-    const streamer = new TurnStreamer(this.tokenizer, options, () => stopString.interrupt());
-    this.interruption.reset();
+    if (input_ids.length === 0 && this.pending === null) throw new RangeError("the turn has no tokens to feed");
+    const chooser = new TokenChooser(options, this.repetitionWindow, this.eosTokens);
+    const text = new TurnText(this.tokenizer, options);
     const started = performance.now();
-    await this.model.generate({
-      input_ids,
-      max_new_tokens: options.max_new_tokens,
-      min_new_tokens: options.min_new_tokens || undefined,
-      do_sample,
-      temperature,
-      top_k,
-      // transformers.js's own penalty walks every id at every step; the windowed one above replaces it.
-      repetition_penalty: 1,
-      logits_processor: processors,
-      stopping_criteria: [this.interruption, stopString],
-      // GenerationConfig types its `streamer` as a TextStreamer; generate() only calls put() and end().
-      streamer: streamer as unknown as TextStreamer,
-      past_key_values: this.cache,
-    });
-    const last = streamer.lastToken;
+    this.interrupted = false;
+    const fed = this.pending === null ? input_ids : [this.pending, ...input_ids];
+    chooser.observe(fed);
+    text.setContext(fed.slice(-16));
+    let logits = await this.backend.feed(fed);
+    let generated = 0;
+    let last: number | null = null;
+    let stopped: StopReason = "max_new_tokens";
+    for (;;) {
+      last = chooser.choose(logits, generated);
+      generated++;
+      this.pending = last;
+      text.push(last);
+      options.onToken?.(generated);
+      if (this.interrupted) stopped = "interrupted";
+      else if (text.stopped) stopped = "stop_string";
+      else if (this.eosTokens.has(last)) stopped = "eos";
+      else if (generated < options.max_new_tokens) {
+        logits = await this.backend.feed([last]);
+        continue;
+      }
+      break;
+    }
+    text.end();
     return {
-      prompt_tokens: input_ids.dims[1],
-      new_tokens: streamer.generated,
-      stopped: this.interruption.interrupted
-        ? "interrupted"
-        : stopString.interrupted
-          ? "stop_string"
-          : last !== null && this.eosTokens.has(last)
-            ? "eos"
-            : "max_new_tokens",
-      last_token: last,
+      prompt_tokens: input_ids.length,
+      new_tokens: generated,
+      stopped,
+      last_token: BigInt(last),
       seconds: (performance.now() - started) / 1000,
     };
   }
 }
 
-/** Receives generate()'s tokens: the prompt first (context only), then one new token per step. */
-class TurnStreamer extends BaseStreamer {
-  generated = 0;
-  lastToken: bigint | null = null;
-  private prompt = true;
+/** A turn's text: detokenized as tokens arrive, held back where a stop string may begin. */
+class TurnText {
   private readonly decoder: IncrementalTextDecoder;
   private readonly stops: StopStringFilter;
 
   constructor(
-    tokenizer: PreTrainedTokenizer,
+    tokenizer: TextTokenizer,
     private readonly options: TurnOptions,
-    onStop: () => void,
   ) {
-    super();
     this.decoder = new IncrementalTextDecoder(tokenizer);
-    this.stops = new StopStringFilter(options.stop_strings ?? [], onStop);
+    this.stops = new StopStringFilter(options.stop_strings ?? []);
   }
 
-  override put(value: bigint[][]): void {
-    if (this.prompt) {
-      this.prompt = false;
-      this.decoder.setContext(value[0]);
-      return;
-    }
-    const token = value[0][0];
-    this.generated++;
-    this.lastToken = token;
-    this.emit(this.decoder.push(token));
-    this.options.onToken?.(this.generated);
+  get stopped(): boolean {
+    return this.stops.stopped;
   }
 
-  override end(): void {
+  setContext(ids: readonly number[]): void {
+    this.decoder.setContext(ids.map(BigInt));
+  }
+
+  push(token: number): void {
+    this.emit(this.decoder.push(BigInt(token)));
+  }
+
+  end(): void {
     this.emit(this.decoder.flush());
     this.emit(this.stops.flush());
   }
@@ -189,12 +163,9 @@ class TurnStreamer extends BaseStreamer {
 /** Holds back text that may be the start of a stop string (at most the longest stop string's length). */
 class StopStringFilter {
   private held = "";
-  private stopped = false;
+  stopped = false;
 
-  constructor(
-    private readonly stops: readonly string[],
-    private readonly onStop: () => void,
-  ) {}
+  constructor(private readonly stops: readonly string[]) {}
 
   push(text: string): string {
     if (this.stopped || this.stops.length === 0) return this.stopped ? "" : text;
@@ -204,7 +175,6 @@ class StopStringFilter {
       const out = this.held.slice(0, found);
       this.held = "";
       this.stopped = true;
-      this.onStop();
       return out;
     }
     let keep = 0;

@@ -5,7 +5,7 @@
  * for is emitted. transformers.js's TextStreamer re-decodes everything since the last newline instead, which
  * costs O(n) per token on text without newlines.
  */
-import type { PreTrainedTokenizer } from "@huggingface/transformers";
+import type { TextTokenizer } from "../backend/backend.js";
 
 /** Prompt tokens kept as context for the first generated token. */
 const CONTEXT_TOKENS = 4;
@@ -18,7 +18,7 @@ export class IncrementalTextDecoder {
   /** ids[0, read) are emitted; ids[0, read) is also the context the next text is decoded after. */
   private read = 0;
 
-  constructor(private readonly tokenizer: PreTrainedTokenizer) {}
+  constructor(private readonly tokenizer: Pick<TextTokenizer, "decode">) {}
 
   /** Sets the tokens the next ones continue (such as the end of a prompt), without emitting them. */
   setContext(ids: readonly bigint[]): void {

@@ -2,7 +2,10 @@
  * Token-by-token perplexity, as the StreamingLLM benchmark measures it: each token goes through the model's
  * cache alone, and the logits after token i score token i + 1.
  */
-import type { TokenStepper } from "./experiments.js";
+import type { StreamingBackend } from "../backend/backend.js";
+
+/** What the evaluation needs of a stream. */
+export type TokenStream = Pick<StreamingBackend, "feed" | "stats">;
 
 /** One evaluated token: a row of the benchmark CSV. */
 export interface TokenRecord {
@@ -50,11 +53,11 @@ export function tokenNll(logits: Float32Array, target: number): number {
 }
 
 /**
- * Streams every sample through `stepper`, one token at a time. As in the seed, samples continue one stream
+ * Streams every sample through `stream`, one token at a time. As in the seed, samples continue one stream
  * (the cache is not reset between them) and the last token of a sample is only a target, never fed.
  */
 export async function evaluatePerplexity(
-  stepper: TokenStepper,
+  stream: TokenStream,
   samples: Iterable<readonly number[]> | AsyncIterable<readonly number[]>,
   options: EvaluationOptions,
 ): Promise<EvaluationResult> {
@@ -70,7 +73,7 @@ export async function evaluatePerplexity(
       if (tokens >= options.num_tokens) return result(false);
       if (options.signal?.aborted) return result(true);
       const start = performance.now();
-      const logits = await stepper.step(ids[i]);
+      const logits = await stream.feed([ids[i]]);
       if (ids[i + 1] < 0 || ids[i + 1] >= logits.length) {
         throw new RangeError(`token id ${ids[i + 1]} is outside the model's vocabulary of ${logits.length}`);
       }
@@ -84,7 +87,7 @@ export async function evaluatePerplexity(
         nll,
         ppl: Math.exp(nll),
         overall_ppl: Math.exp(nllSum / tokens),
-        kv_cache_bytes: stepper.kvCacheBytes(),
+        kv_cache_bytes: stream.stats().kv_cache_bytes,
         rss_bytes: process.memoryUsage.rss(),
         latency,
       });

@@ -1,20 +1,8 @@
 /** The perplexity benchmark: the library behind `attention-sinks perplexity` and `attention-sinks plot`. */
 export { CSV_COLUMNS, CsvLogWriter, OutputExistsError, parseBenchmarkCsv, type BenchmarkColumns } from "./csv.js";
 export { DatasetError, loadTextSamples, type DatasetOptions } from "./dataset.js";
-export { evaluatePerplexity, tokenNll, type EvaluationOptions, type EvaluationResult, type TokenRecord } from "./evaluate.js";
-export {
-  EXPERIMENTS,
-  FullCacheStepper,
-  SinkCacheStepper,
-  loadPlainModel,
-  loadSinkModel,
-  loadStepper,
-  resolveModelPath,
-  sinkLayout,
-  type Experiment,
-  type ExperimentOptions,
-  type TokenStepper,
-} from "./experiments.js";
+export { evaluatePerplexity, tokenNll, type EvaluationOptions, type EvaluationResult, type TokenRecord, type TokenStream } from "./evaluate.js";
+export { EXPERIMENTS, type Experiment } from "../backend/experiments.js";
 export {
   DEFAULT_PLOT_TITLE,
   PLOT_FEATURES,

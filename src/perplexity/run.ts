@@ -4,13 +4,16 @@
  */
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { AutoTokenizer, type PreTrainedTokenizer } from "@huggingface/transformers";
 import { CsvLogWriter, OutputExistsError } from "./csv.js";
 import { loadTextSamples, type DatasetOptions } from "./dataset.js";
 import { evaluatePerplexity, type EvaluationResult, type TokenRecord } from "./evaluate.js";
-import { loadStepper, resolveModelPath, sinkLayout, type Experiment, type ExperimentOptions } from "./experiments.js";
+import type { TextTokenizer } from "../backend/backend.js";
+import { experimentCache, type Experiment } from "../backend/experiments.js";
+import { loadTransformersBackend, type BackendLoadOptions } from "../transformers/backend.js";
 
-export interface PerplexityRunOptions extends ExperimentOptions, DatasetOptions {
+export interface PerplexityRunOptions extends BackendLoadOptions, DatasetOptions {
+  /** A transformers.js model directory, a convertible checkpoint, or a Hub id. */
+  model_name_or_path: string;
   experiment: Experiment;
   /** Tokens to evaluate (default 8192). */
   num_tokens?: number;
@@ -35,30 +38,26 @@ export interface PerplexityRunResult extends EvaluationResult {
 }
 
 /** The ids of a sample as the model was trained on them: with the BOS the tokenizer adds or asks for. */
-export function encodeSample(tokenizer: PreTrainedTokenizer, text: string): number[] {
+export function encodeSample(tokenizer: TextTokenizer, text: string): number[] {
   const ids = tokenizer.encode(text);
   const bos = tokenizer.bos_token_id;
-  const addBos = (tokenizer.config as { add_bos_token?: boolean }).add_bos_token === true;
-  return addBos && bos !== undefined && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
+  return tokenizer.add_bos_token && bos !== undefined && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
 }
 
 export async function runPerplexity(options: PerplexityRunOptions, hooks: PerplexityRunHooks = {}): Promise<PerplexityRunResult> {
   const csv = join(options.output_dir, `${options.experiment}.csv`);
   const overwrite = options.overwrite ?? false;
   if (!overwrite && existsSync(csv)) throw new OutputExistsError(`${csv} already exists; pass --overwrite to replace it`);
-  if (options.experiment !== "transformers") sinkLayout(options.experiment, options);
+  // The sizes given are checked before anything is read (the model's default window is not needed for that).
+  experimentCache(options.experiment, options, () => 1);
 
   // Read the first sample before creating anything, so a missing dataset leaves no empty CSV behind.
   const texts = loadTextSamples(options);
   const first = await texts.next();
-  const { path: model, local } = await resolveModelPath(options.model_name_or_path);
-  const tokenizer = await AutoTokenizer.from_pretrained(model, {
-    ...(options.revision === undefined ? {} : { revision: options.revision }),
-    ...(local ? { local_files_only: true } : {}),
-  });
+  const stream = await loadTransformersBackend(options.model_name_or_path, options);
+  const tokenizer = stream.tokenizer;
   // Tokenized before the CSV exists: a long text takes a while, and nothing is worth keeping until it is done.
   const firstIds = first.done ? [] : encodeSample(tokenizer, first.value);
-  const stepper = await loadStepper(options.experiment, { ...options, model_name_or_path: model });
 
   const numSamples = options.num_samples ?? 1;
   async function* samples(): AsyncGenerator<number[]> {
@@ -76,7 +75,7 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
   const writer = new CsvLogWriter(csv, { overwrite });
   hooks.onCsv?.(writer);
   try {
-    const result = await evaluatePerplexity(stepper, samples(), {
+    const result = await evaluatePerplexity(stream, samples(), {
       num_tokens: options.num_tokens ?? 8192,
       signal: hooks.signal,
       onToken: (record) => {

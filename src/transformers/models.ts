@@ -5,6 +5,7 @@
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
 import { resolveModelSource } from "../convert/index.js";
+import { pretrainedSource } from "./backend.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
 
@@ -23,7 +24,8 @@ function streamingLoader<B extends PretrainedLoader>(Base: B) {
   return class {
     static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
       const { sink, rest } = splitSinkOptions(options);
-      const model = await Base.from_pretrained(await resolveModelSource(id), rest);
+      const { path, files } = await pretrainedSource(id);
+      const model = await Base.from_pretrained(path, { ...files, ...rest });
       return enableAttentionSinks(model, sink);
     }
     /** Models loaded through this class are instances of the transformers.js class. */

@@ -7,11 +7,13 @@ import { createInterface } from "node:readline";
 import { random } from "@huggingface/transformers";
 import { Chat, parsePrompts, PromptFileError } from "../../generation/chat.js";
 import { GenerationSession } from "../../generation/session.js";
+import { flags, UsageError } from "../args.js";
+import { defineCommand } from "../command.js";
 import { count } from "../format.js";
-import { describeSample, handleInterrupts, JsonLines, maxRssBytes, StatusLine, streamSample, TextOutput } from "../terminal.js";
-import { UsageError } from "../args.js";
-import type { Command } from "../command.js";
-import { describeSetup, describeSummary, loadModel, MODEL_FLAG, requiredString, RUNTIME_FLAGS, SAMPLING_FLAGS, samplingOptions, SINK_FLAGS } from "./generate.js";
+import { CACHE_FLAGS, loadBackend, MODEL_FLAG, requiredString, RUNTIME_FLAGS, SAMPLING_FLAGS, samplingOptions } from "../model_flags.js";
+import { handleInterrupts } from "../signals.js";
+import { describeSample, JsonLines, maxRssBytes, StatusLine, streamSample, TextOutput } from "../terminal.js";
+import { describeSetup, describeSummary, OUTPUT_FLAGS } from "./generate.js";
 
 async function readPrompts(path: string): Promise<string[]> {
   let content: string;
@@ -31,11 +33,10 @@ async function readPrompts(path: string): Promise<string[]> {
   return prompts;
 }
 
-export const chatCommand: Command = {
-  spec: {
-    name: "chat",
+const spec = {
+  name: "chat",
     summary: "Chat on one endless attention-sink cache (the model's chat template, else User:/Assistant: lines): typed, piped, or --prompts FILE.",
-    flags: {
+  flags: flags({
       ...MODEL_FLAG,
       prompts: {
         type: "string",
@@ -43,33 +44,34 @@ export const chatCommand: Command = {
         description: 'run the prompts of FILE in turn: one per line, or JSON lines with a "prompt" string or a "turns" array (MT-Bench); default: read messages from stdin, where /reset starts a new conversation and /exit quits',
       },
       max_new_tokens: { type: "integer", min: 1, default: 1000, metavar: "N", description: "tokens per reply at most" },
-      ...SINK_FLAGS,
+      ...CACHE_FLAGS,
       ...SAMPLING_FLAGS,
       ...RUNTIME_FLAGS,
-    },
+      ...OUTPUT_FLAGS,
+    }),
     examples: [
       "attention-sinks chat --model_name_or_path MODEL",
       "printf 'Hello!\\nTell me a story.\\n' | attention-sinks chat --model_name_or_path MODEL --max_new_tokens 200",
       "attention-sinks chat --model_name_or_path MODEL --prompts mt_bench/question.jsonl --max_new_tokens 256 --output transcript.txt",
     ],
-  },
+};
 
-  async run({ flags }) {
-    requiredString(flags, "model_name_or_path");
-    const sampling = samplingOptions(flags);
-    const prompts = typeof flags.prompts === "string" ? await readPrompts(flags.prompts) : null;
-    const loaded = await loadModel(flags, "attention_sinks");
-    const session = new GenerationSession(loaded.model, loaded.tokenizer, { repetition_window: loaded.window_tokens });
+export const chatCommand = defineCommand(spec, async ({ flags: values }) => {
+    requiredString(values.model_name_or_path, "model_name_or_path");
+    const sampling = samplingOptions(values);
+    const prompts = values.prompts !== undefined ? await readPrompts(values.prompts) : null;
+    const backend = await loadBackend({ ...values, experiment: "attention_sinks" });
+    const session = new GenerationSession(backend);
     const chat = new Chat(session);
     const format = chat.format === "chat_template" ? "the model's chat template" : "plain User:/Assistant: turns";
-    process.stderr.write(`${describeSetup(loaded, "attention_sinks", sampling)}; ${format}\n`);
+    process.stderr.write(`${describeSetup(backend, "attention_sinks", sampling)}; ${format}\n`);
 
     // Typed at a terminal: the terminal shows what is typed, so only the file gets the user's lines.
     const typed = prompts === null && process.stdin.isTTY === true;
     const input = prompts === null ? createInterface({ input: process.stdin, terminal: false }) : null;
     if (typed) process.stderr.write("Type a message and press Enter; /reset starts a new conversation, /exit or Ctrl-D quits.\n");
 
-    const stats = new JsonLines(flags.stats_json as string | undefined);
+    const stats = new JsonLines(values.stats_json);
     const status = new StatusLine();
     let replying = false;
     let interrupted = false;
@@ -79,7 +81,7 @@ export const chatCommand: Command = {
       if (!replying || !typed) interrupted = true;
       if (!replying) input?.close();
     });
-    const text = new TextOutput(flags.output as string | undefined, () => (replying ? session.interrupt() : input?.close()));
+    const text = new TextOutput(values.output, () => (replying ? session.interrupt() : input?.close()));
     const totals = { replies: 0, new_tokens: 0, seconds: 0, stopped: "end of input" };
 
     const reply = async (message: string) => {
@@ -92,7 +94,7 @@ export const chatCommand: Command = {
       replying = true;
       const result = await chat.send(message, {
         ...sampling,
-        max_new_tokens: flags.max_new_tokens as number,
+        max_new_tokens: values.max_new_tokens,
         // One space after "Assistant:", whatever the reply starts with.
         onText: (piece) => {
           if (!started) piece = piece.trimStart();
@@ -113,7 +115,7 @@ export const chatCommand: Command = {
       stats.write({ event: "turn", turn: totals.replies, prompt_tokens, new_tokens, stopped, ...sample(new_tokens, result.seconds) });
     };
 
-    if (flags.seed !== undefined) random.seed(flags.seed as number);
+    if (values.seed !== undefined) random.seed(values.seed);
     try {
       if (typed) text.toTerminal("User: ");
       for await (const line of input ?? prompts!) {
@@ -145,5 +147,4 @@ export const chatCommand: Command = {
     const [tokens, cache] = describeSummary(totals, final);
     process.stderr.write(`${count(totals.replies)} ${totals.replies === 1 ? "reply" : "replies"}, ${tokens}\n${cache}\n`);
     return interrupted ? (interrupts.exitCode ?? 130) : 0;
-  },
-};
+});

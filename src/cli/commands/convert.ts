@@ -1,33 +1,31 @@
 /** `attention-sinks convert`: a checkpoint into a transformers.js model directory. */
 import { convertCheckpoint } from "../../convert/index.js";
-import type { CommandSpec } from "../args.js";
-import type { Command } from "../command.js";
+import { flags } from "../args.js";
+import { defineCommand } from "../command.js";
 
-const spec: CommandSpec = {
+const spec = {
   name: "convert",
   summary: "Convert a checkpoint (Hugging Face safetensors, llama2.c, GGUF) into a transformers.js model directory",
   positionals: [
     { name: "SOURCE", description: "a Hugging Face Llama-family directory, a llama2.c .bin checkpoint, or a .gguf file" },
     { name: "OUT_DIR", description: "the directory to write (must not exist or be empty)" },
   ],
-  flags: {
+  flags: flags({
     tokenizer: { type: "string", metavar: "FILE", description: "the llama2.c tokenizer (tokenizer.bin) for a llama2.c checkpoint" },
     dtype: { type: "string", choices: ["fp32", "fp16"], default: "fp32", description: "fp16 also writes onnx/model_fp16.onnx with half-size weights" },
-  },
+  }),
   examples: [
     "attention-sinks convert ../shared/models/stories260K/stories260K.bin stories260K --tokenizer ../shared/models/stories260K/tok512.bin",
     "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k --dtype fp16",
   ],
 };
 
-export const convertCommand: Command = {
-  spec,
-  async run({ flags, positionals: [source, outDir] }) {
+export const convertCommand = defineCommand(spec, async ({ flags: values, positionals: [source, outDir] }) => {
     const started = performance.now();
     const tty = process.stderr.isTTY;
     await convertCheckpoint(source, outDir, {
-      tokenizer: flags.tokenizer as string | undefined,
-      dtype: flags.dtype as "fp32" | "fp16",
+      tokenizer: values.tokenizer,
+      dtype: values.dtype,
       onProgress: (done, total) => {
         if (tty) process.stderr.write(`\r\x1b[Kconverting: ${done}/${total} weights`);
       },
@@ -35,5 +33,4 @@ export const convertCommand: Command = {
     if (tty) process.stderr.write("\r\x1b[K");
     process.stderr.write(`converted ${source} -> ${outDir} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     return 0;
-  },
-};
+});

@@ -1,0 +1,180 @@
+/**
+ * The transformers.js implementation of {@link StreamingBackend}, and the one place models are loaded for a
+ * stream: the CLI commands, the perplexity benchmark and the benchmark scripts all come here.
+ */
+import { existsSync } from "node:fs";
+import * as transformers from "@huggingface/transformers";
+import { DynamicCache, Tensor, type DataType, type DeviceType, type PreTrainedModel, type PreTrainedTokenizer } from "@huggingface/transformers";
+import type { ChatMessage, StreamingBackend, TextTokenizer } from "../backend/backend.js";
+import { experimentCache, type CacheSizes, type Experiment } from "../backend/experiments.js";
+import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
+import type { SinkCacheStats } from "../cache/sink_cache.js";
+import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
+import { resolveModelSource } from "../convert/index.js";
+import { float16ToFloat32Table } from "../onnx/float16.js";
+import type { ModelConfig } from "../positions/families.js";
+import { decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
+import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
+import { cacheStats } from "./stream_registry.js";
+
+export interface BackendLoadOptions extends CacheSizes {
+  experiment?: Experiment;
+  dtype?: DataType;
+  device?: DeviceType;
+  /** The model revision, for Hub models. */
+  revision?: string;
+}
+
+/** A transformers.js tokenizer seen through {@link TextTokenizer}. */
+export class TransformersTokenizer implements TextTokenizer {
+  readonly bos_token_id: number | null;
+  readonly add_bos_token: boolean;
+
+  constructor(readonly tokenizer: PreTrainedTokenizer) {
+    this.bos_token_id = tokenizer.bos_token_id ?? null;
+    this.add_bos_token = (tokenizer.config as { add_bos_token?: unknown }).add_bos_token === true;
+  }
+
+  encode(text: string, options: { add_special_tokens?: boolean } = {}): number[] {
+    return this.tokenizer.encode(text, options);
+  }
+
+  decode(ids: number[] | bigint[], options: { skip_special_tokens?: boolean } = {}): string {
+    return this.tokenizer.decode(ids, options);
+  }
+
+  get has_chat_template(): boolean {
+    return Boolean(this.tokenizer.chat_template);
+  }
+
+  renderChat(messages: readonly ChatMessage[], add_generation_prompt: boolean): string {
+    return this.tokenizer.apply_chat_template([...messages], { tokenize: false, add_generation_prompt }) as string;
+  }
+}
+
+/** Logits as float32 (fp16 exports return float16 bits). */
+function float32Logits(logits: Tensor): Float32Array {
+  if (logits.data instanceof Float32Array) return logits.data;
+  if (logits.type === "float16") {
+    const table = float16ToFloat32Table();
+    return Float32Array.from(logits.data as Uint16Array, (bits) => table[bits]);
+  }
+  throw new TypeError(`the model returned ${logits.type} logits; attention-sinks reads float32 and float16`);
+}
+
+/** The last position's row of [1, n, vocab] logits. */
+function lastRow(logits: Tensor): Float32Array {
+  const data = float32Logits(logits);
+  const vocab = logits.dims.at(-1)!;
+  return data.length === vocab ? data : data.subarray(data.length - vocab);
+}
+
+function tokenIds(tokens: readonly number[]): Tensor {
+  return new Tensor("int64", BigInt64Array.from(tokens, BigInt), [1, tokens.length]);
+}
+
+abstract class TransformersStream implements StreamingBackend {
+  readonly model_type: string;
+  readonly tokenizer: TransformersTokenizer;
+  readonly eos_token_ids: readonly number[];
+  abstract readonly attention_sinks: AttentionSinkSettings | null;
+  abstract readonly endless: boolean;
+  protected cache = new DynamicCache();
+
+  constructor(
+    readonly model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizer,
+    readonly window_tokens: number,
+  ) {
+    this.model_type = String(model.config.model_type);
+    this.tokenizer = new TransformersTokenizer(tokenizer);
+    type EosConfig = { eos_token_id?: number | number[] | null } | null;
+    const eos = (model.generation_config as EosConfig)?.eos_token_id ?? (model.config as EosConfig)?.eos_token_id;
+    this.eos_token_ids = [eos ?? []].flat();
+  }
+
+  abstract feed(tokens: readonly number[]): Promise<Float32Array>;
+
+  stats(): SinkCacheStats {
+    return cacheStats(this.cache);
+  }
+
+  reset(): void {
+    this.cache = new DynamicCache();
+  }
+}
+
+/** A stream through the attention-sink cache. */
+export class SinkStream extends TransformersStream {
+  readonly endless = true;
+  readonly attention_sinks: AttentionSinkSettings;
+
+  constructor(
+    override readonly model: PreTrainedModel & AttentionSinkModel,
+    tokenizer: PreTrainedTokenizer,
+  ) {
+    super(model, tokenizer, model.attention_sinks.capacity);
+    this.attention_sinks = model.attention_sinks;
+  }
+
+  async feed(tokens: readonly number[]): Promise<Float32Array> {
+    const out = await this.model.forward({ input_ids: tokenIds(tokens), past_key_values: this.cache, num_logits_to_keep: 1 });
+    return lastRow(out.logits);
+  }
+}
+
+/** Plain transformers.js: every token stays in the cache, at its absolute position. */
+export class DenseStream extends TransformersStream {
+  readonly endless = false;
+  readonly attention_sinks = null;
+  private readonly layers: number;
+  private length = 0;
+
+  constructor(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, window_tokens: number) {
+    super(model, tokenizer, window_tokens);
+    this.layers = decoderInputs(decoderSession(model)).num_layers;
+  }
+
+  async feed(tokens: readonly number[]): Promise<Float32Array> {
+    const length = this.length + tokens.length;
+    const attention_mask = new Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
+    const out = (await this.model.forward({ input_ids: tokenIds(tokens), attention_mask, past_key_values: this.cache })) as Record<string, Tensor>;
+    const presents: Record<string, Tensor> = {};
+    for (let i = 0; i < this.layers; i++) {
+      for (const part of ["key", "value"] as const) presents[pastName(i, part)] = out[presentName(i, part)];
+    }
+    this.cache.update(presents);
+    this.length = length;
+    return lastRow(out.logits);
+  }
+
+  override reset(): void {
+    super.reset();
+    this.length = 0;
+  }
+}
+
+/** What `from_pretrained` gets for a model name: its resolved source, and offline when it is on disk. */
+export async function pretrainedSource(nameOrPath: string, revision?: string): Promise<{ path: string; files: { local_files_only?: boolean; revision?: string } }> {
+  const path = await resolveModelSource(nameOrPath);
+  return { path, files: { ...(existsSync(path) ? { local_files_only: true } : {}), ...(revision === undefined ? {} : { revision }) } };
+}
+
+/** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
+export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
+  const { path, files } = await pretrainedSource(nameOrPath, options.revision);
+  const tokenizer = await transformers.AutoTokenizer.from_pretrained(path, files);
+  const model = await transformers.AutoModelForCausalLM.from_pretrained(path, {
+    ...files,
+    ...(options.dtype === undefined ? {} : { dtype: options.dtype }),
+    ...(options.device === undefined ? {} : { device: options.device }),
+  });
+  const experiment = options.experiment ?? "attention_sinks";
+  // Plain transformers.js runs any model, streamable or not: its window only sizes the repetition penalty.
+  const defaultWindow = (sinks: number) =>
+    experiment === "transformers"
+      ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE
+      : resolveStreamingPolicy(model.config as unknown as ModelConfig, { attention_sink_size: sinks }, decoderInputs(decoderSession(model))).settings.window_size;
+  const { sink_options, window_tokens } = experimentCache(experiment, options, defaultWindow);
+  return sink_options === null ? new DenseStream(model, tokenizer, window_tokens) : new SinkStream(enableAttentionSinks(model, sink_options), tokenizer);
+}
