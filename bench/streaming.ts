@@ -20,7 +20,7 @@ import { BaseStreamer, DynamicCache, Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
 import { llamaConfig, llamaGenerationConfig } from "../src/architecture/llama_config.js";
-import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
+import { buildDecoderOnnx } from "../src/onnx/decoder_export.js";
 import { randomDecoderWeights } from "../test/support/fixtures/random_weights.js";
 import { mean, median } from "./stats.js";
 

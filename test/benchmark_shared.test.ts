@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { AutoTokenizer } from "@huggingface/transformers";
 import type { WeightTensor } from "../src/architecture/decoder_spec.js";
 import { parseBenchmarkCsv, type Experiment } from "../src/perplexity/index.js";
-import { openCheckpoint } from "../src/convert/convert.js";
+import { openCheckpoint } from "../src/convert/formats.js";
 import { resolveModelSource } from "../src/convert/index.js";
 import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
 import { runCli } from "./support/cli.js";

@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { AutoModelForCausalLM, AutoTokenizer, env, Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import { convertCheckpoint, ConversionError, resolveModelSource } from "../src/convert/index.js";
-import { openCheckpoint, writeModelDirectory } from "../src/convert/convert.js";
+import { writeModelDirectory } from "../src/convert/convert.js";
+import { openCheckpoint } from "../src/convert/formats.js";
 import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 env.allowRemoteModels = false;

@@ -12,7 +12,7 @@ import { InferenceSession, Tensor as OrtTensor } from "onnxruntime-node";
 import * as transformers from "@huggingface/transformers";
 import { AutoModelForCausalLM, Tensor } from "@huggingface/transformers";
 import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../src/architecture/decoder_spec.js";
-import { buildDecoderOnnx, writeDecoderOnnx, type WeightSource } from "../src/onnx/decoder_graph.js";
+import { buildDecoderOnnx, writeDecoderOnnx, type WeightSource } from "../src/onnx/decoder_export.js";
 import { float32ToFloat16Bits } from "../src/onnx/float16.js";
 import { alibiSlopes } from "../src/positions/alibi.js";
 import { randomDecoderWeights } from "./support/fixtures/random_weights.js";

@@ -12,7 +12,7 @@ import * as ort from "onnxruntime-node";
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
 import { TINY_VARIANTS, tinyDecoderSpec } from "./support/fixtures/tiny_models.js";
 import { randomDecoderWeights } from "./support/fixtures/random_weights.js";
-import { buildDecoderOnnx } from "../src/onnx/decoder_graph.js";
+import { buildDecoderOnnx } from "../src/onnx/decoder_export.js";
 import { StreamingReference } from "./support/reference/streaming_reference.js";
 
 const TOLERANCE = 1e-4;

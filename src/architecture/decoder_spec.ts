@@ -84,3 +84,58 @@ export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   if (!spec.tie_word_embeddings) shapes.set("lm_head.weight", [vocab_size, h]);
   return shapes;
 }
+
+/** A DecoderSpec whose numbers do not describe a model. */
+export class DecoderSpecError extends Error {
+  override name = "DecoderSpecError";
+}
+
+/** Checks a spec once for every consumer (graph builder, converters, oracle): counts, divisibility, positions. */
+export function validateDecoderSpec(spec: DecoderSpec): void {
+  const fail = (message: string): never => {
+    throw new DecoderSpecError(`invalid DecoderSpec: ${message}`);
+  };
+  const counts = [
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "intermediate_size",
+  ] as const;
+  for (const key of counts) {
+    if (!Number.isInteger(spec[key]) || spec[key] < 1) fail(`${key} must be a positive integer, got ${spec[key]}`);
+  }
+  if (spec.num_heads % spec.num_kv_heads !== 0) {
+    fail(`num_heads (${spec.num_heads}) must be a multiple of num_kv_heads (${spec.num_kv_heads})`);
+  }
+  if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
+  if (!(spec.norm_eps >= 0)) fail(`norm_eps must be a non-negative number, got ${spec.norm_eps}`);
+  if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
+  const positions = spec.positions;
+  switch (positions.kind) {
+    case "rope": {
+      const { head_dim, rotary_dim, theta, layout } = positions.rope;
+      if (head_dim !== spec.head_dim) fail(`rope.head_dim (${head_dim}) differs from head_dim (${spec.head_dim})`);
+      if (!Number.isInteger(rotary_dim) || rotary_dim < 2 || rotary_dim % 2 !== 0 || rotary_dim > head_dim) {
+        fail(`rope.rotary_dim must be even and in [2, head_dim = ${head_dim}], got ${rotary_dim}`);
+      }
+      if (!(theta > 0)) fail(`rope.theta must be positive, got ${theta}`);
+      if (layout !== "rotate_half" && layout !== "interleaved") fail(`unknown rope.layout ${String(layout)}`);
+      break;
+    }
+    case "alibi":
+      if (positions.positions !== "mask_cumsum" && positions.positions !== "key_index") {
+        fail(`unknown alibi positions ${String(positions.positions)}`);
+      }
+      break;
+    case "learned":
+      if (!Number.isInteger(positions.max_positions) || positions.max_positions < 1) {
+        fail(`learned max_positions must be a positive integer, got ${positions.max_positions}`);
+      }
+      break;
+    default:
+      fail(`unknown positions kind ${String((positions as { kind: unknown }).kind)}`);
+  }
+}

@@ -7,14 +7,10 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { weightShapes } from "../architecture/decoder_spec.js";
-import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_graph.js";
-import { BoundedReader, openFileSource, type ByteSource } from "./bounded_reader.js";
+import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { ConversionError } from "./errors.js";
-import { readGgufCheckpoint } from "./gguf_llama.js";
-import { readHfCheckpoint } from "./hf_directory.js";
-import { readLlama2cCheckpoint } from "./llama2c.js";
-import { findLlama2cTokenizer } from "./llama2c_tokenizer.js";
+import { openCheckpoint } from "./formats.js";
 
 export interface ConvertOptions {
   /** The llama2.c tokenizer file; by default the one `tokenizer.bin` / `tok*.bin` beside the checkpoint. */
@@ -35,42 +31,6 @@ export async function convertCheckpoint(source: string, outDir: string, options:
     await writeModelDirectory(checkpoint, outDir, options);
   } finally {
     checkpoint.close();
-  }
-}
-
-/** Opens a checkpoint of any supported format, telling them apart by kind and magic number. */
-export function openCheckpoint(source: string, tokenizer?: string): Checkpoint {
-  if (!existsSync(source)) throw new ConversionError(source, "does not exist");
-  const isDirectory = statSync(source).isDirectory();
-  const isGguf = !isDirectory && hasGgufMagic(source);
-  if (tokenizer !== undefined && (isDirectory || isGguf)) {
-    throw new ConversionError(tokenizer, "a tokenizer file is only used with llama2.c checkpoints");
-  }
-  if (isDirectory) return readHfCheckpoint(source);
-  if (/\.(safetensors|json)$/.test(source)) {
-    throw new ConversionError(source, "give the Hugging Face model directory (with config.json), not one of its files");
-  }
-  const sources: ByteSource[] = [];
-  const open = (path: string) => {
-    const opened = openFileSource(path);
-    sources.push(opened);
-    return opened;
-  };
-  try {
-    if (isGguf) return readGgufCheckpoint(open(source));
-    return readLlama2cCheckpoint(open(source), () => open(tokenizer ?? findLlama2cTokenizer(source)));
-  } catch (error) {
-    for (const opened of sources) opened.close();
-    throw error;
-  }
-}
-
-function hasGgufMagic(path: string): boolean {
-  const source = openFileSource(path);
-  try {
-    return source.size >= 4 && Buffer.from(new BoundedReader(source).bytes(0, 4, "the magic number")).toString("latin1") === "GGUF";
-  } finally {
-    source.close();
   }
 }
 

@@ -2,7 +2,7 @@
  * Hugging Face Llama `config.json` <-> {@link DecoderSpec}: reading the config of a Hugging Face source, and
  * writing the config (and generation config) of a converted llama2.c or GGUF model.
  */
-import type { DecoderSpec } from "../architecture/decoder_spec.js";
+import { DecoderSpecError, validateDecoderSpec, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { llamaConfig, llamaGenerationConfig, type LlamaModelInfo } from "../architecture/llama_config.js";
 export type { LlamaModelInfo };
 import type { RopeScaling } from "../positions/rope.js";
@@ -51,17 +51,9 @@ export function llamaDecoderSpec(d: LlamaDimensions, fail: (problem: string) => 
   integer("num_layers", d.num_layers, MAX_LAYERS);
   integer("num_heads", d.num_heads, MAX_WIDTH);
   integer("num_kv_heads", d.num_kv_heads, d.num_heads);
-  if (d.num_heads % d.num_kv_heads !== 0) {
-    throw fail(`num_kv_heads ${d.num_kv_heads} does not divide num_heads ${d.num_heads}`);
-  }
   const head_dim = d.head_dim ?? d.hidden_size / d.num_heads;
-  if (!Number.isInteger(head_dim) || head_dim < 2 || head_dim % 2 !== 0 || head_dim > MAX_WIDTH) {
-    throw fail(`head_dim ${head_dim} (hidden_size ${d.hidden_size} / num_heads ${d.num_heads}) is not an even integer`);
-  }
-  if (!(d.norm_eps > 0) || !(d.rope_theta > 0)) {
-    throw fail(`the norm epsilon ${d.norm_eps} and RoPE base ${d.rope_theta} must be positive numbers`);
-  }
-  return {
+  if (!(head_dim <= MAX_WIDTH)) throw fail(`head_dim ${head_dim} is over ${MAX_WIDTH}`);
+  const spec: DecoderSpec = {
     vocab_size: d.vocab_size,
     hidden_size: d.hidden_size,
     num_layers: d.num_layers,
@@ -78,6 +70,13 @@ export function llamaDecoderSpec(d: LlamaDimensions, fail: (problem: string) => 
     },
     tie_word_embeddings: d.tie_word_embeddings,
   };
+  try {
+    validateDecoderSpec(spec);
+  } catch (error) {
+    if (error instanceof DecoderSpecError) throw fail(error.message.replace("invalid DecoderSpec: ", ""));
+    throw error;
+  }
+  return spec;
 }
 
 /** The architecture of a Hugging Face Llama-family `config.json`, refusing anything the graph cannot express. */

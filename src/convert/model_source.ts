@@ -7,7 +7,8 @@ import { existsSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
-import { openCheckpoint, writeModelDirectory } from "./convert.js";
+import { writeModelDirectory } from "./convert.js";
+import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { ConversionError } from "./errors.js";
 
 export interface ResolveModelSourceOptions {
@@ -57,7 +58,7 @@ function isTransformersJsDirectory(path: string): boolean {
 
 /** Hub ids look like `owner/name`; anything absolute, relative-marked or with a checkpoint suffix is a path. */
 function looksLikeLocalPath(name: string): boolean {
-  return isAbsolute(name) || /^(\.{1,2}|~)([/\\]|$)/.test(name) || /\.(bin|gguf|safetensors|json)$/.test(name);
+  return isAbsolute(name) || /^(\.{1,2}|~)([/\\]|$)/.test(name) || hasCheckpointSuffix(name);
 }
 
 /** sha256 over the names, sizes and bytes of every file conversion reads. */

@@ -12,208 +12,26 @@
  * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
-import { basename } from "node:path";
-import { rm } from "node:fs/promises";
-import {
-  weightShapes,
-  type DecoderSpec,
-  type DecoderWeights,
-  type WeightTensor,
-} from "../architecture/decoder_spec.js";
+import { weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
 import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
-import { writeFilesAtomically, type FileContent } from "./model_file.js";
-import {
-  DataType,
-  encodeModel,
-  type AttributeDef,
-  type ExternalRange,
-  type GraphDef,
-  type ValueInfoDef,
-} from "./onnx_model.js";
-import type { Chunk, Deferred } from "./protobuf.js";
-import {
-  bytesPerElement,
-  checkWeightShape,
-  elementCount,
-  encodeStoredWeight,
-  storedByteLength,
-  storedDims,
-  type StoredWeight,
-  type WeightDtype,
-} from "./weight_storage.js";
+import { DataType, type AttributeDef, type ExternalRange, type GraphDef, type ValueInfoDef } from "./onnx_model.js";
+import type { Deferred } from "./protobuf.js";
+import { storedDims, type StoredWeight, type WeightDtype } from "./weight_storage.js";
 
-/** Supplies weights by name (see `weightShapes`); the builder loads each weight exactly once. */
-export interface WeightSource {
-  load(name: string): WeightTensor | Promise<WeightTensor>;
-}
-
-export interface OnnxExportOptions {
-  /** How weights are stored. Inputs, outputs and activations are float32 either way. Default fp32. */
-  dtype?: "fp32" | "fp16";
-  /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
-  kv_dtype?: "fp32" | "fp16";
-  /**
-   * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
-   * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
-   */
-  external_data_threshold_bytes?: number;
-}
-
-const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.9e9;
-const PROTOBUF_MAX_BYTES = 2 ** 31 - 1;
 /**
  * Added to the scores of slots a query may not see. Finite on purpose: a query whose slots are all masked
  * (a left-padding position) then gets an arbitrary but finite output instead of NaN.
  */
 const MASKED_SCORE = -1e9;
 
-/** Builds the whole model in memory (weights inline); for models over 2 GiB use `writeDecoderOnnx`. */
-export function buildDecoderOnnx(
-  spec: DecoderSpec,
-  weights: DecoderWeights,
-  options: OnnxExportOptions = {},
-): Uint8Array {
-  validateSpec(spec);
-  for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
-  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", options.kv_dtype ?? "fp32", inlineWeight));
-  const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
-  let offset = 0;
-  for (const chunk of chunks) {
-    const bytes =
-      chunk instanceof Uint8Array ? chunk : encodeStoredWeight(chunk.payload, weights.get(chunk.payload.name)!);
-    model.set(bytes, offset);
-    offset += bytes.byteLength;
-  }
-  return model;
-}
-
-/**
- * Writes the model to `path`, streaming: every length is computed from the spec's shapes first, then weights
- * are loaded and written one at a time. Output appears atomically (written as `.partial`, then renamed); on
- * error nothing is left behind. Large models put their weights in `<path>_data` (ONNX external data).
- */
-export async function writeDecoderOnnx(
-  spec: DecoderSpec,
-  weights: WeightSource,
-  path: string,
-  options: OnnxExportOptions = {},
-): Promise<void> {
-  validateSpec(spec);
-  const dtype = options.dtype ?? "fp32";
-  let weightBytes = 0;
-  for (const shape of weightShapes(spec).values()) weightBytes += elementCount(shape) * bytesPerElement(dtype);
-  const external = weightBytes > (options.external_data_threshold_bytes ?? DEFAULT_EXTERNAL_DATA_THRESHOLD);
-
-  const dataPath = `${path}_data`;
-  const externalOrder: StoredWeight[] = [];
-  let dataOffset = 0;
-  const placeExternally = (weight: StoredWeight): ExternalRange => {
-    const range = { location: basename(dataPath), offset: dataOffset, length: storedByteLength(weight) };
-    dataOffset += range.length;
-    externalOrder.push(weight);
-    return range;
-  };
-  const chunks = encodeModel(decoderGraph(spec, dtype, options.kv_dtype ?? "fp32", external ? placeExternally : inlineWeight));
-  protobufSize(chunks, "lower external_data_threshold_bytes");
-
-  const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
-    const tensor = await weights.load(weight.name);
-    checkWeightShape(weight.name, weight.shape, tensor);
-    return encodeStoredWeight(weight, tensor);
-  };
-  const modelFile: FileContent = {
-    path,
-    async write(sink) {
-      for (const chunk of chunks) {
-        await sink.write(chunk instanceof Uint8Array ? chunk : await loadStored(chunk.payload));
-      }
-    },
-  };
-  if (!external) {
-    await writeFilesAtomically([modelFile]);
-    // A data file from an earlier export of this path would describe weights the new model does not use.
-    await rm(dataPath, { force: true });
-    return;
-  }
-  const dataFile: FileContent = {
-    path: dataPath,
-    async write(sink) {
-      for (const weight of externalOrder) await sink.write(await loadStored(weight));
-    },
-  };
-  await writeFilesAtomically([dataFile, modelFile]);
-}
-
-function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {
-  return { byteLength: storedByteLength(weight), payload: weight };
-}
-
-/** The encoded size, checked against the limit every protobuf reader enforces. */
-function protobufSize(chunks: readonly Chunk<StoredWeight>[], remedy: string): number {
-  const size = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
-  if (size > PROTOBUF_MAX_BYTES) {
-    throw new Error(`the ONNX model would take ${size} bytes, over protobuf's 2 GiB limit: ${remedy}`);
-  }
-  return size;
-}
-
-function validateSpec(spec: DecoderSpec): void {
-  const fail = (message: string): never => {
-    throw new Error(`invalid DecoderSpec: ${message}`);
-  };
-  const counts = [
-    "vocab_size",
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "intermediate_size",
-  ] as const;
-  for (const key of counts) {
-    if (!Number.isInteger(spec[key]) || spec[key] < 1) fail(`${key} must be a positive integer, got ${spec[key]}`);
-  }
-  if (spec.num_heads % spec.num_kv_heads !== 0) {
-    fail(`num_heads (${spec.num_heads}) must be a multiple of num_kv_heads (${spec.num_kv_heads})`);
-  }
-  if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
-  if (!(spec.norm_eps >= 0)) fail(`norm_eps must be a non-negative number, got ${spec.norm_eps}`);
-  if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
-  const positions = spec.positions;
-  switch (positions.kind) {
-    case "rope": {
-      const { head_dim, rotary_dim, theta, layout } = positions.rope;
-      if (head_dim !== spec.head_dim) fail(`rope.head_dim (${head_dim}) differs from head_dim (${spec.head_dim})`);
-      if (!Number.isInteger(rotary_dim) || rotary_dim < 2 || rotary_dim % 2 !== 0 || rotary_dim > head_dim) {
-        fail(`rope.rotary_dim must be even and in [2, head_dim = ${head_dim}], got ${rotary_dim}`);
-      }
-      if (!(theta > 0)) fail(`rope.theta must be positive, got ${theta}`);
-      if (layout !== "rotate_half" && layout !== "interleaved") fail(`unknown rope.layout ${String(layout)}`);
-      break;
-    }
-    case "alibi":
-      if (positions.positions !== "mask_cumsum" && positions.positions !== "key_index") {
-        fail(`unknown alibi positions ${String(positions.positions)}`);
-      }
-      break;
-    case "learned":
-      if (!Number.isInteger(positions.max_positions) || positions.max_positions < 1) {
-        fail(`learned max_positions must be a positive integer, got ${positions.max_positions}`);
-      }
-      break;
-    default:
-      fail(`unknown positions kind ${String((positions as { kind: unknown }).kind)}`);
-  }
-}
-
 const intAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "int", value });
 const intsAttribute = (name: string, value: readonly number[]): AttributeDef => ({ name, kind: "ints", value });
 const floatAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "float", value });
 
 /** Decides where a weight's bytes go: inline (produced at write time) or a range of the external data file. */
-type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> | ExternalRange;
+export type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> | ExternalRange;
 
 /** Per-forward values every layer's attention shares. */
 interface AttentionInputs {
@@ -245,7 +63,8 @@ interface RotaryTables {
   rotaryDim: number;
 }
 
-function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, kvDtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
+/** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
+export function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, kvDtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
   return new DecoderGraph(spec, dtype, kvDtype, place).build();
 }
 

@@ -7,7 +7,7 @@
  * (O(cache) re-rotation per layer and forward) on purpose; only tiny models run through it. It models one
  * batch row without padding, where ALiBi's `mask_cumsum` and `key_index` positions coincide.
  */
-import { weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
+import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
 // RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
 import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./rope_formulas.js";
 
@@ -49,9 +49,7 @@ export class StreamingReference {
     if (policy.window_size !== null && (!Number.isInteger(policy.window_size) || policy.window_size < 1)) {
       throw new Error(`ReferencePolicy: window_size must be a positive integer or null, got ${policy.window_size}`);
     }
-    if (spec.num_heads % spec.num_kv_heads !== 0) {
-      throw new Error(`DecoderSpec: num_heads (${spec.num_heads}) must be a multiple of num_kv_heads (${spec.num_kv_heads})`);
-    }
+    validateDecoderSpec(spec);
     for (const [name, shape] of weightShapes(spec)) {
       const tensor = weights.get(name);
       if (!tensor) throw new Error(`StreamingReference: missing weight ${name}`);

@@ -1,0 +1,123 @@
+/**
+ * Writing a decoder graph to ONNX: in memory with weights inline, or streamed to disk weight by weight, with
+ * weights in an external data file when one protobuf message could not hold them. The graph itself is
+ * src/onnx/decoder_graph.ts.
+ */
+import { basename } from "node:path";
+import { rm } from "node:fs/promises";
+import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
+import { decoderGraph } from "./decoder_graph.js";
+import { writeFilesAtomically, type FileContent } from "./model_file.js";
+import { encodeModel, type ExternalRange } from "./onnx_model.js";
+import type { Chunk, Deferred } from "./protobuf.js";
+import { bytesPerElement, checkWeightShape, elementCount, encodeStoredWeight, storedByteLength, type StoredWeight } from "./weight_storage.js";
+
+/** Supplies weights by name (see `weightShapes`); the builder loads each weight exactly once. */
+export interface WeightSource {
+  load(name: string): WeightTensor | Promise<WeightTensor>;
+}
+
+export interface OnnxExportOptions {
+  /** How weights are stored. Inputs, outputs and activations are float32 either way. Default fp32. */
+  dtype?: "fp32" | "fp16";
+  /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
+  kv_dtype?: "fp32" | "fp16";
+  /**
+   * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
+   * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
+   */
+  external_data_threshold_bytes?: number;
+}
+
+const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.9e9;
+const PROTOBUF_MAX_BYTES = 2 ** 31 - 1;
+
+/** Builds the whole model in memory (weights inline); for models over 2 GiB use `writeDecoderOnnx`. */
+export function buildDecoderOnnx(
+  spec: DecoderSpec,
+  weights: DecoderWeights,
+  options: OnnxExportOptions = {},
+): Uint8Array {
+  validateDecoderSpec(spec);
+  for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
+  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", options.kv_dtype ?? "fp32", inlineWeight));
+  const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
+  let offset = 0;
+  for (const chunk of chunks) {
+    const bytes =
+      chunk instanceof Uint8Array ? chunk : encodeStoredWeight(chunk.payload, weights.get(chunk.payload.name)!);
+    model.set(bytes, offset);
+    offset += bytes.byteLength;
+  }
+  return model;
+}
+
+/**
+ * Writes the model to `path`, streaming: every length is computed from the spec's shapes first, then weights
+ * are loaded and written one at a time. Output appears atomically (written as `.partial`, then renamed); on
+ * error nothing is left behind. Large models put their weights in `<path>_data` (ONNX external data).
+ */
+export async function writeDecoderOnnx(
+  spec: DecoderSpec,
+  weights: WeightSource,
+  path: string,
+  options: OnnxExportOptions = {},
+): Promise<void> {
+  validateDecoderSpec(spec);
+  const dtype = options.dtype ?? "fp32";
+  let weightBytes = 0;
+  for (const shape of weightShapes(spec).values()) weightBytes += elementCount(shape) * bytesPerElement(dtype);
+  const external = weightBytes > (options.external_data_threshold_bytes ?? DEFAULT_EXTERNAL_DATA_THRESHOLD);
+
+  const dataPath = `${path}_data`;
+  const externalOrder: StoredWeight[] = [];
+  let dataOffset = 0;
+  const placeExternally = (weight: StoredWeight): ExternalRange => {
+    const range = { location: basename(dataPath), offset: dataOffset, length: storedByteLength(weight) };
+    dataOffset += range.length;
+    externalOrder.push(weight);
+    return range;
+  };
+  const chunks = encodeModel(decoderGraph(spec, dtype, options.kv_dtype ?? "fp32", external ? placeExternally : inlineWeight));
+  protobufSize(chunks, "lower external_data_threshold_bytes");
+
+  const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
+    const tensor = await weights.load(weight.name);
+    checkWeightShape(weight.name, weight.shape, tensor);
+    return encodeStoredWeight(weight, tensor);
+  };
+  const modelFile: FileContent = {
+    path,
+    async write(sink) {
+      for (const chunk of chunks) {
+        await sink.write(chunk instanceof Uint8Array ? chunk : await loadStored(chunk.payload));
+      }
+    },
+  };
+  if (!external) {
+    await writeFilesAtomically([modelFile]);
+    // A data file from an earlier export of this path would describe weights the new model does not use.
+    await rm(dataPath, { force: true });
+    return;
+  }
+  const dataFile: FileContent = {
+    path: dataPath,
+    async write(sink) {
+      for (const weight of externalOrder) await sink.write(await loadStored(weight));
+    },
+  };
+  await writeFilesAtomically([dataFile, modelFile]);
+}
+
+function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {
+  return { byteLength: storedByteLength(weight), payload: weight };
+}
+
+/** The encoded size, checked against the limit every protobuf reader enforces. */
+function protobufSize(chunks: readonly Chunk<StoredWeight>[], remedy: string): number {
+  const size = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
+  if (size > PROTOBUF_MAX_BYTES) {
+    throw new Error(`the ONNX model would take ${size} bytes, over protobuf's 2 GiB limit: ${remedy}`);
+  }
+  return size;
+}
