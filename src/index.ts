@@ -58,6 +58,9 @@ export {
   type PlotOptions,
   type TokenRecord,
 } from "./perplexity/index.js";
+export type { ChatMessage, StreamingBackend, TextTokenizer } from "./backend/backend.js";
+export { EXPERIMENTS, type CacheSizes, type Experiment } from "./backend/experiments.js";
+export { loadTransformersBackend, type BackendLoadOptions } from "./transformers/backend.js";
 export { GenerationSession, type SamplingOptions, type TurnOptions, type TurnResult } from "./generation/session.js";
 export { Chat, parsePrompts } from "./generation/chat.js";
 export { TopKTopPFilter, WindowedRepetitionPenalty } from "./generation/logits_processors.js";
