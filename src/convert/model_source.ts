@@ -3,10 +3,11 @@
  * into a cache folder keyed by its content, and later calls reuse that folder.
  */
 import { createHash } from "node:crypto";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { writeModelDirectory } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { ConversionError } from "./errors.js";
@@ -21,8 +22,28 @@ export interface ResolveModelSourceOptions {
 /** Where converted checkpoints are kept: `$ATTENTION_SINKS_CACHE`, else ~/.cache/attention-sinks/converted. */
 export const DEFAULT_CONVERSION_CACHE = process.env.ATTENTION_SINKS_CACHE || join(homedir(), ".cache", "attention-sinks", "converted");
 
-/** Bumped whenever conversion output changes, so older cache entries are not reused. */
-const CACHE_FORMAT = "attention-sinks-convert/1";
+/** Bumped whenever the cache's layout changes. */
+const CACHE_FORMAT = "attention-sinks-convert/2";
+
+/** The folders (beside this module's) whose code decides what a conversion writes. */
+const CONVERTER_FOLDERS = ["architecture", "convert", "onnx", "positions"];
+let converterDigest: string | undefined;
+
+/**
+ * A digest of the converter's own code, part of every cache key: a build whose conversion differs in any
+ * way never reuses what an older one wrote.
+ */
+function converterVersion(): string {
+  if (converterDigest !== undefined) return converterDigest;
+  const hash = createHash("sha256");
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  for (const folder of CONVERTER_FOLDERS) {
+    for (const name of readdirSync(join(root, folder)).filter((file) => file.endsWith(".js")).sort()) {
+      hash.update(`\0${folder}/${name}\0`).update(readFileSync(join(root, folder, name)));
+    }
+  }
+  return (converterDigest = hash.digest("hex"));
+}
 
 /**
  * What to hand `from_pretrained` for `nameOrPath`: a Hub id as given; the absolute path of a transformers.js
@@ -61,9 +82,9 @@ function looksLikeLocalPath(name: string): boolean {
   return isAbsolute(name) || /^(\.{1,2}|~)([/\\]|$)/.test(name) || hasCheckpointSuffix(name);
 }
 
-/** sha256 over the names, sizes and bytes of every file conversion reads. */
+/** sha256 over the converter's code and the names, sizes and bytes of every file conversion reads. */
 async function contentKey(inputs: readonly string[]): Promise<string> {
-  const hash = createHash("sha256").update(CACHE_FORMAT);
+  const hash = createHash("sha256").update(CACHE_FORMAT).update(converterVersion());
   const chunk = Buffer.alloc(1 << 20);
   for (const path of inputs) {
     const handle = await open(path, "r");
