@@ -459,3 +459,15 @@ describe("KeyRotation against the RoPE definition", () => {
     assert.ok(compared > 1000, `compared ${compared}`);
   });
 });
+
+describe("yarn betas as transformers reads them", () => {
+  it("a zero beta_fast or beta_slow takes the default, as `config.get(...) or default` does", () => {
+    const rope = (scaling: RopeScaling) => spec(32, 32, 10000, scaling);
+    const defaults = ropeInverseFrequencies(rope(YARN_SCALING));
+    for (const zero of [{ beta_fast: 0 }, { beta_slow: 0 }]) {
+      const withZero = ropeInverseFrequencies(rope({ ...YARN_SCALING, ...zero } as RopeScaling));
+      assert.equal(withZero.length, 16);
+      assert.deepEqual(Array.from(withZero), Array.from(defaults), JSON.stringify(zero));
+    }
+  });
+});

@@ -75,8 +75,9 @@ export function ropeInverseFrequencies(rope: RopeSpec): Float32Array {
     });
   } else if (scaling?.rope_type === "yarn") {
     const { factor, original_max_position_embeddings: ctx } = scaling;
-    const betaFast = scaling.beta_fast ?? 32;
-    const betaSlow = scaling.beta_slow ?? 1;
+    // As transformers reads them (`or`): an unset or zero beta takes the default.
+    const betaFast = scaling.beta_fast || 32;
+    const betaSlow = scaling.beta_slow || 1;
     const correctionDim = (rotations: number) =>
       (dim * Math.log(ctx / (rotations * 2 * Math.PI))) / (2 * Math.log(rope.theta));
     let low = correctionDim(betaFast);

@@ -7,7 +7,7 @@
  * slots are skipped (never multiplied by zero), so the NaN stays where the contract leaves values undefined.
  */
 import type { DecoderSpec, DecoderWeights } from "../../src/architecture/decoder_spec.js";
-import { alibiSlopes } from "../../src/positions/alibi.js";
+import { referenceAlibiSlopes } from "./reference/streaming_reference.js";
 // RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
 import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./reference/rope_formulas.js";
 
@@ -46,7 +46,7 @@ export function naiveForward(spec: DecoderSpec, weights: DecoderWeights, inputs:
     if (!tensor) throw new Error(`naive forward: missing ${name}`);
     return tensor.data;
   };
-  const slopes = spec.positions.kind === "alibi" ? alibiSlopes(heads) : undefined;
+  const slopes = spec.positions.kind === "alibi" ? referenceAlibiSlopes(heads) : undefined;
 
   const logits = new Float64Array(batch * n * vocab);
   const present: NaiveLayerCache[] = [];
