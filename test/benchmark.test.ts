@@ -28,7 +28,8 @@ import {
   type TokenStream,
 } from "../src/perplexity/index.js";
 import { AutoTokenizer, env } from "../src/index.js";
-import { loadTransformersBackend, TransformersTokenizer } from "../src/transformers/backend.js";
+import * as transformers from "@huggingface/transformers";
+import { loadTransformersBackend, SinkStream, TransformersTokenizer } from "../src/transformers/backend.js";
 import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
 import { writeTinyTokenizer } from "./support/fixtures/tiny_tokenizer.js";
 import type { TinyVariant } from "./support/fixtures/tiny_models.js";
@@ -145,8 +146,9 @@ describe("runPerplexity", () => {
     const f = await fixture("llama");
     await writeTinyTokenizer(f.dir);
     const dir = await tempDir();
-    const rows = ["the cat sat.", "she was happy!", "what a day"].map((text) => JSON.stringify({ text })).join("\n");
-    await writeFile(join(dir, "rows.jsonl"), rows + "\n{ not json\n");
+    // The malformed line comes straight after the last sample that may be read: reading one more fails.
+    const rows = ["the cat sat.", "she was happy!"].map((text) => JSON.stringify({ text })).join("\n");
+    await writeFile(join(dir, "rows.jsonl"), rows + "\n{ not json\n" + JSON.stringify({ text: "what a day" }) + "\n");
     const tokenizer = await AutoTokenizer.from_pretrained(f.dir, { local_files_only: true });
     const lengths = ["the cat sat.", "she was happy!"].map((text) => encodeSample(new TransformersTokenizer(tokenizer), text).length);
     const seen: number[] = [];
@@ -310,19 +312,102 @@ describe("datasets", () => {
 });
 
 describe("compareStepTime", () => {
+  /** The middle value (the mean of the two middle ones for an even count), restated here. */
+  const middle = (values: readonly number[]) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const half = sorted.length >> 1;
+    return sorted.length % 2 ? sorted[half] : (sorted[half - 1] + sorted[half]) / 2;
+  };
+
   it("times the attention_sinks experiment's steps against bare forward passes at the same cache length", async () => {
     const f = await fixture("llama");
     await writeTinyTokenizer(f.dir);
-    const result = await compareStepTime({
-      model_name_or_path: f.dir,
-      window_size: WINDOW,
-      attention_sink_size: SINKS,
-      tokens: tokenStream(64, f.spec.vocab_size, 3),
-      steps: 4,
-      rounds: 2,
-    });
+    const [steps, rounds] = [4, 2];
+    const tokens = tokenStream(64, f.spec.vocab_size, 3);
+
+    // Watch what the benchmark runs: every sink-cache step (its token, its duration, the cache after it), and
+    // every onnxruntime run (how many tokens its attention mask lets it see), the bare ones being the runs
+    // made outside a sink step. All sessions share one class, so its prototype sees them all.
+    const probe = await transformers.AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
+    const sessionClass = Object.getPrototypeOf((probe.sessions as Record<string, object>).model) as { run: (...args: unknown[]) => Promise<unknown> };
+    const originalRun = sessionClass.run;
+    const originalFeed = SinkStream.prototype.feed;
+    type Run = { sink: boolean; input_tokens: number; attended: number; ms: number; end: number };
+    const runs: Run[] = [];
+    const sinkSteps: { tokens: number[]; ms: number; stats: ReturnType<SinkStream["stats"]> }[] = [];
+    let inSinkStep = false;
+    sessionClass.run = async function (this: unknown, ...args: unknown[]) {
+      const feeds = args[0] as Record<string, { dims: readonly number[]; data: BigInt64Array }>;
+      const mask = feeds.attention_mask;
+      const record: Run = {
+        sink: inSinkStep,
+        input_tokens: feeds.input_ids.dims[1],
+        attended: mask ? Array.from(mask.data, Number).reduce((sum, m) => sum + m, 0) : -1,
+        ms: 0,
+        end: 0,
+      };
+      const start = performance.now();
+      try {
+        return await originalRun.apply(this, args);
+      } finally {
+        record.end = performance.now();
+        record.ms = record.end - start;
+        runs.push(record);
+      }
+    };
+    SinkStream.prototype.feed = async function (this: SinkStream, fed: readonly number[]) {
+      inSinkStep = true;
+      const start = performance.now();
+      try {
+        return await originalFeed.call(this, fed);
+      } finally {
+        sinkSteps.push({ tokens: [...fed], ms: performance.now() - start, stats: this.stats() });
+        inSinkStep = false;
+      }
+    };
+    let result: Awaited<ReturnType<typeof compareStepTime>>;
+    try {
+      result = await compareStepTime({ model_name_or_path: f.dir, window_size: WINDOW, attention_sink_size: SINKS, tokens, steps, rounds });
+    } finally {
+      sessionClass.run = originalRun;
+      SinkStream.prototype.feed = originalFeed;
+    }
+    const returned = performance.now();
+    await probe.dispose();
+
     assert.equal(result.cache_tokens, WINDOW);
-    assert.ok(result.sink_ms > 0 && result.bare_ms > 0);
-    assert.ok(Math.abs(result.ratio - result.sink_ms / result.bare_ms) < 1e-12);
+    for (const value of [result.sink_ms, result.bare_ms, result.ratio]) assert.ok(Number.isFinite(value) && value > 0, `${value}`);
+
+    // The sink side streams one token at a time, in order: the fill, the first compactions and a warm-up
+    // (2 * window + steps), then `steps` per round; once full the cache attends to exactly the window.
+    const fills = 2 * WINDOW + steps;
+    assert.equal(sinkSteps.length, fills + rounds * steps);
+    sinkSteps.forEach((step, i) => {
+      assert.deepEqual(step.tokens, [tokens[i % tokens.length]], `sink step ${i}`);
+      assert.equal(step.stats.seen_tokens, i + 1, `sink step ${i}`);
+      assert.equal(step.stats.cached_tokens, Math.min(i + 1, WINDOW), `sink step ${i}`);
+    });
+    const sinkRuns = runs.filter((run) => run.sink);
+    assert.equal(sinkRuns.length, sinkSteps.length, "one forward pass per sink step");
+    for (const run of sinkRuns.slice(fills)) assert.deepEqual([run.input_tokens, run.attended], [1, WINDOW], "a timed sink step attends to the full window");
+
+    // The bare side: a prefill of window - 1 tokens, then one-token passes that attend to window tokens
+    // (a warm-up of `steps`, then `steps` per round).
+    const bareRuns = runs.filter((run) => !run.sink);
+    assert.equal(bareRuns.length, 1 + steps + rounds * steps);
+    assert.deepEqual([bareRuns[0].input_tokens, bareRuns[0].attended], [WINDOW - 1, WINDOW - 1]);
+    for (const run of bareRuns.slice(1)) assert.deepEqual([run.input_tokens, run.attended], [1, WINDOW], "a bare pass attends to the window");
+
+    // The times are per token and come from the timed rounds: each round's clock encloses its steps' own
+    // durations (so the median per token is at least theirs), and at least half the rounds of both sides,
+    // at their medians, fit between the last warm-up pass and the return.
+    const perRound = (durations: number[]) => Array.from({ length: rounds }, (_, r) => durations.slice(r * steps, (r + 1) * steps).reduce((a, b) => a + b, 0) / steps);
+    const timedSink = sinkSteps.slice(fills).map((step) => step.ms);
+    const timedBare = bareRuns.slice(1 + steps).map((run) => run.ms);
+    assert.ok(result.sink_ms >= middle(perRound(timedSink)) - 1e-9, `sink_ms ${result.sink_ms} < the steps' own ${middle(perRound(timedSink))}`);
+    assert.ok(result.bare_ms >= middle(perRound(timedBare)) - 1e-9, `bare_ms ${result.bare_ms} < the passes' own ${middle(perRound(timedBare))}`);
+    const timedSpan = returned - bareRuns[steps].end;
+    const floor = steps * Math.ceil(rounds / 2) * (result.sink_ms + result.bare_ms);
+    assert.ok(floor <= timedSpan, `${floor} ms of timed steps in the ${timedSpan} ms the rounds took`);
   });
 });
