@@ -6,7 +6,7 @@
 import { basename } from "node:path";
 import { rm } from "node:fs/promises";
 import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { decoderGraph } from "./decoder_graph.js";
+import { decoderGraph, type GraphDtypes } from "./decoder_graph.js";
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
@@ -22,6 +22,8 @@ export interface OnnxExportOptions {
   dtype?: "fp32" | "fp16";
   /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
   kv_dtype?: "fp32" | "fp16";
+  /** The type of `logits` (fp16 exports return float16 logits for every position). Default fp32. */
+  logits_dtype?: "fp32" | "fp16";
   /**
    * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
    * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
@@ -40,7 +42,7 @@ export function buildDecoderOnnx(
 ): Uint8Array {
   validateDecoderSpec(spec);
   for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
-  const chunks = encodeModel(decoderGraph(spec, options.dtype ?? "fp32", options.kv_dtype ?? "fp32", inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), inlineWeight));
   const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
   let offset = 0;
   for (const chunk of chunks) {
@@ -78,7 +80,7 @@ export async function writeDecoderOnnx(
     externalOrder.push(weight);
     return range;
   };
-  const chunks = encodeModel(decoderGraph(spec, dtype, options.kv_dtype ?? "fp32", external ? placeExternally : inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), external ? placeExternally : inlineWeight));
   protobufSize(chunks, "lower external_data_threshold_bytes");
 
   const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
@@ -107,6 +109,10 @@ export async function writeDecoderOnnx(
     },
   };
   await writeFilesAtomically([dataFile, modelFile]);
+}
+
+function graphDtypes(options: OnnxExportOptions): GraphDtypes {
+  return { weights: options.dtype ?? "fp32", kv: options.kv_dtype ?? "fp32", logits: options.logits_dtype ?? "fp32" };
 }
 
 function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {

@@ -64,8 +64,15 @@ interface RotaryTables {
 }
 
 /** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
-export function decoderGraph(spec: DecoderSpec, dtype: WeightDtype, kvDtype: WeightDtype, place: WeightPlacement): GraphDef<StoredWeight> {
-  return new DecoderGraph(spec, dtype, kvDtype, place).build();
+/** The element types of a graph's weights, KV cache and logits (fp16 exports keep the last two in float16). */
+export interface GraphDtypes {
+  weights: WeightDtype;
+  kv: WeightDtype;
+  logits: WeightDtype;
+}
+
+export function decoderGraph(spec: DecoderSpec, dtypes: GraphDtypes, place: WeightPlacement): GraphDef<StoredWeight> {
+  return new DecoderGraph(spec, dtypes.weights, dtypes.kv, dtypes.logits, place).build();
 }
 
 class DecoderGraph {
@@ -78,6 +85,7 @@ class DecoderGraph {
     private readonly spec: DecoderSpec,
     private readonly dtype: WeightDtype,
     private readonly kvDtype: WeightDtype,
+    private readonly logitsDtype: WeightDtype,
     private readonly place: WeightPlacement,
   ) {
     this.shapes = weightShapes(spec);
@@ -94,7 +102,11 @@ class DecoderGraph {
       inputs.push({ name: "position_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] });
     }
     const outputs: ValueInfoDef[] = [
-      { name: "logits", elemType: DataType.FLOAT, dims: ["batch_size", "sequence_length", spec.vocab_size] },
+      {
+        name: "logits",
+        elemType: this.logitsDtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT,
+        dims: ["batch_size", "sequence_length", spec.vocab_size],
+      },
     ];
     for (let i = 0; i < spec.num_layers; i++) {
       for (const kind of ["key", "value"]) {
@@ -121,7 +133,12 @@ class DecoderGraph {
     const outputProjection = spec.tie_word_embeddings
       ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
       : this.weight("lm_head.weight", true);
-    g.op("MatMul", [normed, outputProjection], "logits");
+    if (this.logitsDtype === "fp16") {
+      const logits = g.op("MatMul", [normed, outputProjection], "logits.float32");
+      g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
+    } else {
+      g.op("MatMul", [normed, outputProjection], "logits");
+    }
     return { name: "decoder", nodes: g.nodes, initializers: g.initializers, inputs, outputs };
   }
 

@@ -97,7 +97,8 @@ export class StreamingDecoder {
     const keep = Math.min(length, scalar(inputs.num_logits_to_keep) || length);
 
     let logits: Tensor | null = null;
-    let gathered: Float32Array | null = null;
+    // Gathered in the graph's own logits type (float16 exports return float16).
+    let gathered: { type: Tensor["type"]; data: LogitsArray } | null = null;
     let vocab = 0;
     for (let start = 0; start < length; ) {
       const n = stream.slots.nextChunkLength(length - start);
@@ -108,12 +109,13 @@ export class StreamingDecoder {
         logits = chunkLogits; // one pass that returned exactly what was asked: no copy
       } else {
         vocab = chunkLogits.dims[2];
-        gathered ??= new Float32Array(batch * keep * vocab);
-        copyKeptLogits(chunkLogits.data as Float32Array, gathered, batch, vocab, start + n - returned, returned, length - keep, keep);
+        const source = chunkLogits.data as LogitsArray;
+        gathered ??= { type: chunkLogits.type, data: new (source.constructor as new (length: number) => LogitsArray)(batch * keep * vocab) };
+        copyKeptLogits(source, gathered.data, batch, vocab, start + n - returned, returned, length - keep, keep);
       }
       start += n;
     }
-    logits ??= new Tensor("float32", gathered!, [batch, keep, vocab]);
+    logits ??= new Tensor(gathered!.type, gathered!.data, [batch, keep, vocab]);
     return { logits, past_key_values: cache };
   }
 
@@ -166,9 +168,12 @@ export function sliceColumns(ids: BigInt64Array, batch: number, length: number, 
 }
 
 /** Copies the logits of tokens [first, first + count) that fall in the kept range [keptStart, keptStart + keep). */
+/** Logits as onnxruntime returns them: float32, or float16 as raw bits. */
+type LogitsArray = Float32Array | Uint16Array;
+
 function copyKeptLogits(
-  source: Float32Array,
-  target: Float32Array,
+  source: LogitsArray,
+  target: LogitsArray,
   batch: number,
   vocab: number,
   first: number,
