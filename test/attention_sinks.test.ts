@@ -142,6 +142,8 @@ describe("generate() streams through the sink cache", () => {
         })) as Tensor;
         const all = Array.from(sequences.data as BigInt64Array, Number);
         assert.equal(all.length, prompt.length + 4 * (sink + window));
+        // One recorded step per generated token: the loop below compares every one of them.
+        assert.equal(rec.steps.length, 4 * (sink + window), `${variant} sink ${sink} window ${window}: steps recorded`);
         const ref = oracle(f, sink, window);
         let expected = oracleFeed(ref, prompt, sink, window).at(-1)!;
         for (let step = 0; step < rec.steps.length; step++) {
@@ -167,7 +169,8 @@ describe("before the cache fills", () => {
         await m.generate({ input_ids: ids(prompt), attention_mask: ids(prompt.map(() => 1)), max_new_tokens: 20, min_new_tokens: 20, do_sample: false, logits_processor: list });
         runs.push(rec.steps.map((s) => s[0]));
       }
-      assert.equal(runs[0].length, runs[1].length);
+      assert.equal(runs[0].length, 20, "plain transformers.js: one step per new token");
+      assert.equal(runs[1].length, runs[0].length);
       for (let s = 0; s < runs[0].length; s++) {
         const d = generatedDiff(runs[0][s], runs[1][s]);
         assert.ok(d <= 1e-5, `${variant} step ${s} differs by ${d}: ${runs[0][s].slice(0, 4)} vs ${runs[1][s].slice(0, 4)}`);
@@ -206,6 +209,7 @@ describe("long prompts", () => {
     const prompt = tokenStream(50, f.spec.vocab_size, 23);
     const { list, recorder: rec } = recorder();
     await model.generate({ input_ids: ids(prompt), max_new_tokens: 5, min_new_tokens: 5, do_sample: false, logits_processor: list });
+    assert.equal(rec.steps.length, 5);
     const ref = oracle(f, 2, 6);
     const expected = oracleFeed(ref, prompt, 2, 6).at(-1)!;
     assert.ok(generatedDiff(rec.steps[0][0], expected) < TOLERANCE);
@@ -242,6 +246,8 @@ describe("multi-turn", () => {
       assert.equal(result.past_key_values, cache);
       const sequence = Array.from(result.sequences.data as BigInt64Array, Number);
       const generated = sequence.slice(input.length);
+      assert.equal(generated.length, 7, `turn ${turn}: tokens generated`);
+      assert.equal(rec.steps.length, 7, `turn ${turn}: steps recorded, each compared below`);
       // generate() never feeds its final token: the next turn feeds it first, then the user's tokens
       let expected = oracleFeed(ref, lastGenerated >= 0 ? [lastGenerated, ...user] : user, sink, window).at(-1)!;
       for (let s = 0; s < rec.steps.length; s++) {

@@ -42,13 +42,21 @@ describe("float16 KV caches", () => {
       const shorter = new StreamingReference(f.spec, f.weights, { sink_size: sink, window_size: window - 1 });
       oracle.forward(prompt);
       shorter.forward(prompt);
+      let compared = 0;
+      let told = 0;
       for (const [t, token] of stream.slice(prompt.length).entries()) {
         const logits = logitsAt((await model.forward({ input_ids: ids([token]), past_key_values: cache })).logits, 0, 0);
         const diff = maxAbsDiff(logits, oracle.forward([token])[0]);
         assert.ok(diff < FP16_TOLERANCE, `token ${prompt.length + t} differs from the oracle by ${diff}`);
+        compared++;
         const wrong = maxAbsDiff(logits, shorter.forward([token])[0]);
-        if (prompt.length + t > sink + window) assert.ok(wrong > 10 * FP16_TOLERANCE, "the tolerance still tells a one-token error apart");
+        if (prompt.length + t > sink + window) {
+          assert.ok(wrong > 10 * FP16_TOLERANCE, "the tolerance still tells a one-token error apart");
+          told++;
+        }
       }
+      assert.equal(compared, stream.length - prompt.length, "every streamed token was compared with the oracle");
+      assert.equal(told, stream.length - (sink + window) - 1, "every token past the cache was told apart from a one-token error");
       const stats = sinkCacheStats(cache)!;
       assert.equal(stats.cached_tokens, sink + window);
       assert.equal(stats.kv_cache_bytes, (sink + window) * 2 * f.spec.num_layers * f.spec.num_kv_heads * f.spec.head_dim * 2);

@@ -15,8 +15,10 @@ import { openCheckpoint } from "../src/convert/formats.js";
 import { resolveModelSource } from "../src/convert/index.js";
 import { StreamingReference, referenceNll } from "./support/reference/streaming_reference.js";
 import { runCli } from "./support/cli.js";
-import { sharedFiles } from "./support/shared_data.js";
-import { experimentPolicies } from "./support/streaming.js";
+import { sharedFiles, sharedReference } from "./support/shared_data.js";
+import { meanNextTokenNll, readLlama2cWeights, readSafetensorsLlamaWeights, type SharedWeights } from "./support/shared_weights.js";
+import { experimentPolicies, logitsAt } from "./support/streaming.js";
+import * as transformers from "@huggingface/transformers";
 
 const TOLERANCE = 1e-4;
 const SINKS = 4;
@@ -27,16 +29,18 @@ const TEXT_CHARS = 1500;
 
 const POLICIES = experimentPolicies(SINKS, WINDOW);
 
-const MODELS = [
-  { name: "tinystories-656k", source: "models/tinystories-656k" },
-  { name: "stories260K", source: "models/stories260K/stories260K.bin" },
+/** Each model, and its weights read from its files without the converter (see test/support/shared_weights.ts). */
+const MODELS: { name: "tinystories-656k" | "stories260K"; source: string; independent: (path: string) => SharedWeights }[] = [
+  { name: "tinystories-656k", source: "models/tinystories-656k", independent: readSafetensorsLlamaWeights },
+  { name: "stories260K", source: "models/stories260K/stories260K.bin", independent: readLlama2cWeights },
 ];
 
 describe("perplexity on the shared models equals the StreamingLLM oracle", () => {
-  for (const { name, source } of MODELS) {
+  for (const { name, source, independent } of MODELS) {
     it(`${name}: the first ${TOKENS} NLLs of each experiment on TinyStories text`, async (t) => {
       const files = sharedFiles(t, source, "data/tinystories_valid.txt");
-      if (!files) return;
+      const reference = sharedReference(t)?.[name];
+      if (!files || !reference) return;
       const [model, text] = files;
       const dir = await mkdtemp(join(tmpdir(), "attention-sinks-shared-perplexity-"));
       const data = join(dir, "valid.txt");
@@ -56,6 +60,24 @@ describe("perplexity on the shared models equals the StreamingLLM oracle", () =>
         checkpoint.close();
       }
 
+      // A second oracle that owes nothing to the converter: the weights read by the file format's own layout
+      // (llama2.c's Q and K unpermuted, rotating interleaved pairs), itself pinned to the independent
+      // implementation's loss on the first validation story (data/reference.json).
+      const own = independent(model);
+      const story = reference.first_valid_story;
+      const ownStoryNll = meanNextTokenNll(new StreamingReference(own.spec, own.weights, { sink_size: 0, window_size: null }).forward(story.ids), story.ids);
+      assert.ok(Math.abs(ownStoryNll - story.mean_nll_nats) < 1e-4, `${name}: the independent weights give ${ownStoryNll}, the reference ${story.mean_nll_nats}`);
+      // The conversion the command line runs computes that loss too.
+      const dense = await transformers.AutoModelForCausalLM.from_pretrained(converted, { local_files_only: true });
+      const storyInputs = {
+        input_ids: new transformers.Tensor("int64", BigInt64Array.from(story.ids, BigInt), [1, story.ids.length]),
+        attention_mask: new transformers.Tensor("int64", new BigInt64Array(story.ids.length).fill(1n), [1, story.ids.length]),
+      };
+      const { logits: storyLogits } = (await dense(storyInputs)) as { logits: transformers.Tensor };
+      const convertedStoryNll = meanNextTokenNll(story.ids.map((_, i) => logitsAt(storyLogits, 0, i)), story.ids);
+      assert.ok(Math.abs(convertedStoryNll - story.mean_nll_nats) < 1e-3, `${name}: the conversion gives ${convertedStoryNll}, the reference ${story.mean_nll_nats}`);
+      await dense.dispose();
+
       await Promise.all(
         (Object.keys(POLICIES) as Experiment[]).map(async (experiment) => {
           // The model is named as a user names it: the checkpoint, not the conversion.
@@ -74,9 +96,15 @@ describe("perplexity on the shared models equals the StreamingLLM oracle", () =>
           const nll = parseBenchmarkCsv(await readFile(csv, "utf8"), csv).nll;
           assert.equal(nll.length, TOKENS);
           const oracle = new StreamingReference(checkpoint.spec, weights, POLICIES[experiment]);
+          const ownOracle = new StreamingReference(own.spec, own.weights, POLICIES[experiment]);
           for (let i = 0; i < TOKENS; i++) {
             const expected = referenceNll(oracle.forward([ids[i]])[0], ids[i + 1]);
             assert.ok(Math.abs(nll[i] - expected) < TOLERANCE, `${name}, ${experiment}, token ${i}: ${nll[i]} vs ${expected}`);
+            const independentlyExpected = referenceNll(ownOracle.forward([ids[i]])[0], ids[i + 1]);
+            assert.ok(
+              Math.abs(nll[i] - independentlyExpected) < TOLERANCE,
+              `${name}, ${experiment}, token ${i}: ${nll[i]} vs ${independentlyExpected} from the weights read without the converter`,
+            );
           }
         }),
       );

@@ -6,9 +6,14 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import * as transformers from "@huggingface/transformers";
+import { Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, AutoTokenizer } from "../src/index.js";
+import { StreamingReference } from "./support/reference/streaming_reference.js";
 import { runCli } from "./support/cli.js";
-import { sharedFiles } from "./support/shared_data.js";
+import { sharedFiles, sharedReference } from "./support/shared_data.js";
+import { meanNextTokenNll, readLlama2cWeights } from "./support/shared_weights.js";
+import { logitsAt, maxAbsDiff } from "./support/streaming.js";
 
 const run = promisify(execFile);
 
@@ -29,6 +34,31 @@ describe("attention-sinks convert", () => {
     assert.deepEqual(tokenizer.encode("Once upon a time"), [1, 403, 407, 261, 378]);
     const model = await AutoModelForCausalLM.from_pretrained(out, { attention_sink_size: 4, attention_sink_window_size: 60 });
     assert.equal(model.attention_sinks.capacity, 64);
+
+    // The converted weights compute the model: plain transformers.js on the output directory against references
+    // that never go through the converter (llama2.c's own measurements, and the oracle on the checkpoint's
+    // weights read by run.c's layout, Q and K unpermuted).
+    const reference = sharedReference(t)?.stories260K;
+    if (!reference) return;
+    const plain = await transformers.AutoModelForCausalLM.from_pretrained(out, { local_files_only: true });
+    const story = reference.first_valid_story.ids;
+    const input_ids = new Tensor("int64", BigInt64Array.from(story, BigInt), [1, story.length]);
+    const attention_mask = new Tensor("int64", new BigInt64Array(story.length).fill(1n), [1, story.length]);
+    const { logits } = (await plain({ input_ids, attention_mask })) as { logits: Tensor };
+    assert.deepEqual(logits.dims, [1, story.length, 512]);
+    const rows = story.map((_, i) => logitsAt(logits, 0, i));
+    const { spec, weights } = readLlama2cWeights(files[0]);
+    const expected = new StreamingReference(spec, weights, { sink_size: 0, window_size: null }).forward(story);
+    assert.equal(expected.length, story.length);
+    for (const [i, row] of rows.entries()) {
+      const diff = maxAbsDiff(row, expected[i]);
+      assert.ok(diff < 1e-4, `logits of token ${i} differ from the oracle by ${diff}`);
+    }
+    const nll = meanNextTokenNll(rows, story);
+    assert.ok(Math.abs(nll - reference.first_valid_story.mean_nll_nats) < 1e-3, `mean NLL ${nll}, llama2.c ${reference.first_valid_story.mean_nll_nats}`);
+    const greedy = (await plain.generate({ inputs: new Tensor("int64", BigInt64Array.of(1n), [1, 1]), max_new_tokens: 64, do_sample: false })) as Tensor;
+    assert.deepEqual(Array.from(greedy.data as BigInt64Array, Number).slice(1), reference.greedy_from_BOS_ids_first64);
+    await plain.dispose();
   });
 
   it("from_pretrained and AutoTokenizer take a checkpoint directly, converting it once into the cache", async (t) => {

@@ -36,6 +36,47 @@ async function writeRuns(dir: string, rows = 400): Promise<void> {
   }
 }
 
+/** A line the SVG draws: Vega names each line mark's experiment and feature in its aria-label. */
+interface PlottedLine {
+  experiment: string;
+  feature: string;
+  points: [number, number][];
+}
+
+/** The line marks of a Vega SVG, with their points (line marks are drawn with M and L commands only). */
+function plottedLines(svg: string): PlottedLine[] {
+  const lines: PlottedLine[] = [];
+  for (const path of svg.matchAll(/<path\b[^>]*\baria-roledescription="line mark"[^>]*>/g)) {
+    const label = /\baria-label="([^"]*)"/.exec(path[0])?.[1] ?? "";
+    const d = /\bd="([^"]*)"/.exec(path[0])?.[1] ?? "";
+    assert.match(d, /^M[-\d.e]+,[-\d.e]+(L[-\d.e]+,[-\d.e]+)*$/, `a polyline: ${d.slice(0, 80)}`);
+    lines.push({
+      experiment: /(?:^|; )experiment: ([^;]*)/.exec(label)?.[1] ?? "",
+      feature: /(?:^|; )feature: ([^;]*)/.exec(label)?.[1] ?? "",
+      points: [...d.matchAll(/[ML]([-\d.e]+),([-\d.e]+)/g)].map((m) => [Number(m[1]), Number(m[2])]),
+    });
+  }
+  return lines;
+}
+
+/** The one line of `experiment` and `feature`. */
+function lineOf(lines: readonly PlottedLine[], experiment: string, feature: string): PlottedLine {
+  const found = lines.filter((line) => line.experiment === experiment && line.feature === feature);
+  assert.equal(found.length, 1, `one ${feature} line of ${experiment}`);
+  return found[0];
+}
+
+const ys = (line: PlottedLine) => line.points.map(([, y]) => y);
+
+/** Each line has `count` points, in increasing x, at the same x as every other line. */
+function assertPoints(lines: readonly PlottedLine[], count: number): void {
+  for (const line of lines) {
+    assert.equal(line.points.length, count, `${line.experiment} ${line.feature}: points`);
+    assert.ok(line.points.every(([x, y], i) => Number.isFinite(x) && Number.isFinite(y) && (i === 0 || x > line.points[i - 1][0])), `${line.experiment} ${line.feature}: x increases`);
+    assert.deepEqual(line.points.map(([x]) => x), lines[0].points.map(([x]) => x), `${line.experiment} ${line.feature}: same x as the others`);
+  }
+}
+
 function assertPng(png: Buffer): void {
   assert.deepEqual([...png.subarray(0, 8)], PNG_SIGNATURE);
   assert.equal(png.subarray(12, 16).toString("latin1"), "IHDR");
@@ -58,6 +99,28 @@ describe("attention-sinks plot", () => {
     for (const text of ["attention_sinks", "transformers", "windowed", "Tiny model", "three runs", "Perplexity (log), lower is better", "KV cache (KiB), lower is better", "Time per token (ms), lower is better", "Input Sequence Length"]) {
       assert.ok(svg.includes(text), `the SVG shows "${text}"`);
     }
+    // One line per experiment and feature, with a point per CSV row after the 100 skipped by default.
+    const lines = plottedLines(svg);
+    assert.equal(lines.length, 3 * 3);
+    const [perplexity, memory, latency] = ["perplexity (log)", "KV cache", "time per token"];
+    assertPoints(lines, 400 - 100);
+    const line = (experiment: string, feature: string) => lineOf(lines, experiment, feature);
+    // Lines of different values differ; equal values draw the same line (all three share each axis).
+    const sinks = ys(line("attention_sinks", perplexity));
+    const windowed = ys(line("windowed", perplexity));
+    const dense = ys(line("transformers", perplexity));
+    assert.ok(sinks.every((y) => y === sinks[0]), "a constant perplexity is a flat line");
+    assert.ok(sinks.every((y, i) => y > windowed[i]), "attention_sinks' lower perplexity is drawn below windowed's (SVG y grows downwards)");
+    assert.ok(dense.every((y, i) => i === 0 || y < dense[i - 1]), "the rising perplexity of transformers rises");
+    assert.notDeepEqual(dense, sinks);
+    assert.notDeepEqual(dense, windowed);
+    assert.deepEqual(ys(line("windowed", memory)), ys(line("attention_sinks", memory)), "the same KV bytes draw the same line");
+    const denseMemory = ys(line("transformers", memory));
+    assert.ok(denseMemory.every((y, i) => i === 0 || y < denseMemory[i - 1]), "a growing cache rises");
+    assert.ok(denseMemory.every((y, i) => y < ys(line("windowed", memory))[i]), "above the bounded ones");
+    assert.deepEqual(ys(line("windowed", latency)), ys(line("attention_sinks", latency)));
+    assert.deepEqual(ys(line("transformers", latency)), ys(line("attention_sinks", latency)));
+
     // An independent SVG parser accepts it and draws something.
     assertPng(Buffer.from(new Resvg(svg).render().asPng()));
     assertPng(await readFile(join(dir, "perplexity.png")));
@@ -68,7 +131,13 @@ describe("attention-sinks plot", () => {
     await writeRuns(join(dir, "runs"), 150);
     const run = await plot(["--output_dir", join(dir, "runs"), "--output", join(dir, "chart.svg"), "--skip_first", "0"]);
     assert.equal(run.code, 0, run.stderr);
-    assert.ok((await readFile(join(dir, "chart.svg"), "utf8")).startsWith("<svg"));
+    const svg = await readFile(join(dir, "chart.svg"), "utf8");
+    assert.ok(svg.startsWith("<svg"));
+    // The default features (perplexity and KV cache) of the three runs, every row plotted with --skip_first 0.
+    const lines = plottedLines(svg);
+    assert.deepEqual(lines.map((line) => `${line.experiment}/${line.feature}`).sort(), ["attention_sinks", "transformers", "windowed"].flatMap((e) => [`${e}/KV cache`, `${e}/perplexity (log)`]).sort());
+    assertPoints(lines, 150);
+    assert.notDeepEqual(ys(lineOf(lines, "attention_sinks", "perplexity (log)")), ys(lineOf(lines, "windowed", "perplexity (log)")));
     assertPng(await readFile(join(dir, "chart.png")));
   });
 

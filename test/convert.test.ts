@@ -6,7 +6,7 @@
  */
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { AutoModelForCausalLM, AutoTokenizer, env, Tensor, type PreTrainedModel } from "@huggingface/transformers";
@@ -131,9 +131,14 @@ describe("resolveModelSource", () => {
     const first = await resolveModelSource(files[0], { cacheDir });
     assert.match(basename(first), /^[0-9a-f]{64}$/);
     const modelFile = join(first, "onnx/model.onnx");
-    const written = statSync(modelFile).mtimeMs;
+    // Back-dated, because a rewrite within the file system's mtime granularity would keep a fresh mtime unchanged.
+    const backdated = new Date("2001-01-01T00:00:00Z");
+    utimesSync(modelFile, backdated, backdated);
+    const written = statSync(modelFile);
+    assert.equal(written.mtimeMs, backdated.getTime());
     assert.equal(await resolveModelSource(files[0], { cacheDir }), first);
-    assert.equal(statSync(modelFile).mtimeMs, written, "the second call reused the conversion");
+    const reused = statSync(modelFile);
+    assert.deepEqual([reused.mtimeMs, reused.ino, reused.size], [written.mtimeMs, written.ino, written.size], "the second call reused the conversion");
     assert.equal(await resolveModelSource(first, { cacheDir }), first, "a converted directory is used as is");
     const { tokenizer } = await load(first);
     assert.deepEqual(tokenizer.encode("Once upon a time"), [1, 403, 407, 261, 378]);

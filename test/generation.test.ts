@@ -145,6 +145,7 @@ describe("GenerationSession", () => {
       const expected = await plainContinuation({ max_new_tokens: 40, repetition_penalty });
       for (const sinks of [{ sink: 4, window: 60 }, null]) {
         const { text, result } = await sessionContinuation(sinks, { repetition_penalty });
+        assert.ok(expected.trim().length > 0, "plain transformers.js continues the prompt");
         assert.equal(text, expected, `penalty ${repetition_penalty}, ${sinks ? "sinks" : "plain"}`);
         assert.equal(result.new_tokens, 40);
         assert.equal(result.stopped, "max_new_tokens");
@@ -153,11 +154,20 @@ describe("GenerationSession", () => {
   });
 
   it("stops at a stop string without emitting it, and on interrupt()", async () => {
-    const { text: full } = await sessionContinuation({ sink: 4, window: 28 }, {});
+    const { text: full, result: fullResult } = await sessionContinuation({ sink: 4, window: 28 }, {});
+    assert.deepEqual([fullResult.stopped, fullResult.new_tokens], ["max_new_tokens", 40]);
+    // Until the 32-token cache evicts, the text is plain transformers.js's greedy continuation.
+    const beforeEviction = 32 - (await loadTokenizer()).encode(prompt).length + 1;
+    const expectedStart = await plainContinuation({ max_new_tokens: beforeEviction });
+    assert.ok(expectedStart.length >= 15, `a continuation long enough to cut: ${JSON.stringify(expectedStart)}`);
+    assert.ok(full.startsWith(expectedStart), `${JSON.stringify(full)} starts with ${JSON.stringify(expectedStart)}`);
     const stop = full.slice(12, 15);
+    assert.equal(stop.length, 3);
+    assert.ok(full.indexOf(stop) > 0, "some text comes before the stop string");
     const { text, result } = await sessionContinuation({ sink: 4, window: 28 }, { stop_strings: ["\u0000never", stop] });
     assert.equal(result.stopped, "stop_string");
     assert.equal(text, full.slice(0, full.indexOf(stop)));
+    assert.ok(text.length > 0 && result.new_tokens > 0, "the text before the stop string is emitted");
 
     const tokenizer = await loadTokenizer();
     const session = new GenerationSession(await loadBackend({ sink: 4, window: 28 }, tokenizer), { repetition_window: 32 });

@@ -234,13 +234,22 @@ describe("transformers.js loads the tiny model directories", () => {
 
   it("loads weights stored as external data", async () => {
     const dir = await tempDir();
-    const { config } = await writeTinyModel(dir, "llama", { seed: SEED, external_data_threshold_bytes: 0 });
+    const { spec, weights, config } = await writeTinyModel(dir, "llama", { seed: SEED, external_data_threshold_bytes: 0 });
     assert.deepEqual(config["transformers.js_config"], { use_external_data_format: true });
     assert.deepEqual((await readdir(join(dir, "onnx"))).sort(), ["model.onnx", "model.onnx_data"]);
     const model = await AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true });
-    const input_ids = new Tensor("int64", BigInt64Array.from([1n, 17n, 42n]), [1, 3]);
-    const output = await model.generate({ input_ids, max_new_tokens: 3 });
-    assert.ok(output instanceof Tensor && output.dims[1] > 3);
+    const prompt = [1, 17, 42];
+    const input_ids = new Tensor("int64", BigInt64Array.from(prompt.map(BigInt)), [1, prompt.length]);
+    const attention_mask = new Tensor("int64", BigInt64Array.from(prompt.map(() => 1n)), [1, prompt.length]);
+    // The weights read from the data file compute the naive forward's logits at every position...
+    const { logits } = (await model({ input_ids, attention_mask })) as { logits: Tensor };
+    assert.deepEqual(logits.dims, [1, prompt.length, spec.vocab_size]);
+    const expected = naiveForward(spec, weights, { inputIds: [prompt], attentionMask: [prompt.map(() => 1)], positionIds: [prompt.map((_, i) => i)] });
+    assertClose(logits.data as Float32Array, expected.logits, "external-data logits");
+    // ...and generate() continues the prompt as greedy decoding with the naive forward does.
+    const output = await model.generate({ input_ids, attention_mask, max_new_tokens: 3 });
+    assert.ok(output instanceof Tensor);
+    assert.deepEqual(Array.from(output.data as BigInt64Array, Number), naiveGreedy(spec, weights, prompt, 3, config.eos_token_id as number));
     await model.dispose();
   });
 });

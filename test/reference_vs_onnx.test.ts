@@ -90,6 +90,7 @@ describe("reference forward vs the ONNX graph (full cache)", () => {
       const tokens = Array.from({ length: 15 }, (_, i) => (i * 37 + 11) % spec.vocab_size);
       const expected = referenceLogits(spec, new StreamingReference(spec, weights, { sink_size: 0, window_size: null }), tokens);
       const actual = await onnxLogits(spec, session, tokens);
+      assert.equal(expected.length, tokens.length, "one row of reference logits per token");
       assert.equal(actual.length, expected.length);
       let maxDiff = 0;
       for (let t = 0; t < expected.length; t++) {

@@ -245,6 +245,7 @@ describe("StreamingReference with a full cache (window null)", () => {
       const whole = new StreamingReference(spec, weights, fullCache).forward(tokens);
       const single = feedInChunks(new StreamingReference(spec, weights, fullCache), tokens, [1]);
       const chunked = feedInChunks(new StreamingReference(spec, weights, fullCache), tokens, [3, 1, 5]);
+      assert.equal(whole.length, tokens.length, "one row of logits per token");
       assert.ok(maxAbsDiff(whole, single) < 1e-9);
       assert.ok(maxAbsDiff(whole, chunked) < 1e-9);
       assert.ok(whole.every((row) => row.length === spec.vocab_size && row.every(Number.isFinite)));
@@ -305,14 +306,18 @@ describe("StreamingReference with attention sinks", () => {
       ]) {
         const stream = new StreamingReference(spec, weights, policy);
         let fed = 0;
+        let compared = 0;
         for (const size of [3, 1, 2, 1, 1, 3, 1, 2, 2, 1, 1, 1, 2, 1, 3, 1, 1, 1, 2, 3]) {
           const chunk = tokens.slice(fed, fed + size);
           const streamed = stream.forward(chunk);
           fed += chunk.length;
           const kept = expectedKept(fed, policy).map((i) => tokens[i]);
           const fresh = new StreamingReference(spec, weights, fullCache).forward(kept).slice(-chunk.length);
+          assert.equal(streamed.length, chunk.length, "one row of logits per fed token");
           assert.ok(maxAbsDiff(streamed, fresh) < 1e-9, `after ${fed} tokens with ${JSON.stringify(policy)}`);
+          compared += streamed.length;
         }
+        assert.equal(compared, fed, "every fed token's logits were compared");
         assert.ok(fed > policy.sink_size + policy.window_size + 10, "the cache must roll over");
       }
     });
@@ -339,6 +344,7 @@ describe("StreamingReference with attention sinks", () => {
     const stream = new StreamingReference(spec, weights, { sink_size: 0, window_size: window });
     tokens.forEach((token, t) => {
       const streamed = stream.forward([token]);
+      assert.equal(streamed.length, 1, `at token ${t}`);
       const recent = tokens.slice(Math.max(0, t + 1 - window), t + 1);
       assert.deepEqual(stream.streamIndices, recent.map((_, i) => t + 1 - recent.length + i));
       const fresh = new StreamingReference(spec, weights, fullCache).forward(recent).slice(-1);
@@ -352,7 +358,8 @@ describe("StreamingReference with attention sinks", () => {
     const tokens = randomTokens(30, spec.vocab_size, 12);
     const stream = new StreamingReference(spec, weights, { sink_size: 2, window_size: 4 });
     const logits = feedInChunks(stream, tokens, [1, 2]);
-    assert.ok(logits.every((row) => row.every(Number.isFinite)));
+    assert.equal(logits.length, tokens.length, "one row of logits per token");
+    assert.ok(logits.every((row) => row.length === spec.vocab_size && row.every(Number.isFinite)));
     const full = new StreamingReference(spec, weights, fullCache);
     full.forward(tokens.slice(0, 6));
     assert.throws(() => full.forward([tokens[6]]), /position 6 is past the learned position table/);
