@@ -37,9 +37,26 @@ export interface PerplexityRunResult extends EvaluationResult {
   csv: string;
 }
 
-/** The ids of a sample as the model was trained on them: with the BOS the tokenizer adds or asks for. */
-export function encodeSample(tokenizer: TextTokenizer, text: string): number[] {
-  const ids = tokenizer.encode(text);
+/** Characters tokenized first per token wanted; doubled until enough tokens come out. */
+const CHARACTERS_PER_TOKEN = 8;
+
+/**
+ * The ids of a sample as the model was trained on them: with the BOS the tokenizer adds or asks for. With
+ * `wanted`, only a prefix long enough for that many ids is tokenized (a long text otherwise takes far longer
+ * to tokenize than to evaluate): it ends at a line break, where every tokenizer starts a new piece, and its
+ * last id, which could merge with what follows, is dropped.
+ */
+export function encodeSample(tokenizer: TextTokenizer, text: string, wanted = Infinity): number[] {
+  for (let length = CHARACTERS_PER_TOKEN * wanted; length < text.length; length *= 2) {
+    const cut = text.lastIndexOf("\n", length);
+    if (cut <= 0) continue;
+    const ids = withBos(tokenizer, tokenizer.encode(text.slice(0, cut)));
+    if (ids.length > wanted) return ids.slice(0, -1);
+  }
+  return withBos(tokenizer, tokenizer.encode(text));
+}
+
+function withBos(tokenizer: TextTokenizer, ids: number[]): number[] {
   const bos = tokenizer.bos_token_id;
   return tokenizer.add_bos_token && bos !== undefined && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
 }
@@ -56,18 +73,26 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
   const first = await texts.next();
   const stream = await loadTransformersBackend(options.model_name_or_path, options);
   const tokenizer = stream.tokenizer;
-  // Tokenized before the CSV exists: a long text takes a while, and nothing is worth keeping until it is done.
-  const firstIds = first.done ? [] : encodeSample(tokenizer, first.value);
+  const numTokens = options.num_tokens ?? 8192;
+  // A sample of n ids evaluates n - 1 tokens: each is tokenized only as far as the tokens still to evaluate.
+  let remaining = numTokens;
+  const encode = (text: string) => {
+    const ids = encodeSample(tokenizer, text, remaining + 2);
+    remaining -= Math.max(0, ids.length - 1);
+    return ids;
+  };
+  // Tokenized before the CSV exists, so a failure there leaves nothing behind.
+  const firstIds = first.done ? [] : encode(first.value);
 
   const numSamples = options.num_samples ?? 1;
   async function* samples(): AsyncGenerator<number[]> {
     if (first.done || numSamples < 1) return;
     yield firstIds;
     // Each further sample is read only once the previous ones are done and it is wanted.
-    for (let taken = 1; taken < numSamples; taken++) {
+    for (let taken = 1; taken < numSamples && remaining > 0; taken++) {
       const next = await texts.next();
       if (next.done) return;
-      yield encodeSample(tokenizer, next.value);
+      yield encode(next.value);
     }
   }
 
@@ -76,7 +101,7 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
   hooks.onCsv?.(writer);
   try {
     const result = await evaluatePerplexity(stream, samples(), {
-      num_tokens: options.num_tokens ?? 8192,
+      num_tokens: numTokens,
       signal: hooks.signal,
       onToken: (record) => {
         writer.append(record);
