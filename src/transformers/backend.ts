@@ -12,8 +12,8 @@ import type { SinkCacheStats } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import { resolveModelSource } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
-import type { ModelConfig } from "../positions/families.js";
-import { decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
+import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
+import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
 import { cacheStats } from "./stream_registry.js";
 
@@ -132,7 +132,12 @@ export class DenseStream extends TransformersStream {
 
   constructor(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, window_tokens: number) {
     super(model, tokenizer, window_tokens);
-    this.layers = decoderInputs(decoderSession(model)).num_layers;
+    const session = decoderSession(model);
+    // transformers.js sizes its cache from config.json: a config that does not match the graph must stop here.
+    // (Plain transformers.js runs any family; the check needs one this package knows.)
+    const config = model.config as unknown as ModelConfig;
+    if (SUPPORTED_MODEL_TYPES.includes(String(config.model_type))) checkCacheGeometry(resolveGeometry(config), session);
+    this.layers = decoderInputs(session).num_layers;
   }
 
   async feed(tokens: readonly number[]): Promise<Float32Array> {

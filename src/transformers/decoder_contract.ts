@@ -12,7 +12,7 @@ import { SinkCacheError } from "../cache/sink_cache.js";
 /** The part of an onnxruntime InferenceSession the package uses. */
 export interface DecoderSession {
   readonly inputNames: readonly string[];
-  readonly inputMetadata?: readonly { readonly name: string; readonly type?: string }[];
+  readonly inputMetadata?: readonly { readonly name: string; readonly type?: string; readonly shape?: readonly (number | string)[] }[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
 }
 
@@ -67,4 +67,27 @@ export function kvType(session: DecoderSession): KvType {
     throw new SinkCacheError(`attention-sinks streams float32 and float16 KV caches; this model's cache is ${type}`);
   }
   return type;
+}
+
+/** What `config.json` says of the cache, to be held against the graph. */
+export interface CacheGeometry {
+  num_layers: number;
+  num_kv_heads: number;
+  head_dim: number;
+}
+
+/**
+ * Checks the cache `config.json` describes against the graph's `past_key_values.*` inputs, before anything is
+ * sized from the config (a wrong layer count would otherwise allocate for every layer it claims).
+ */
+export function checkCacheGeometry(geometry: CacheGeometry, session: DecoderSession): void {
+  const { num_layers } = decoderInputs(session);
+  const mismatch = (field: string, config: number, graph: number) =>
+    new SinkCacheError(`config.json says ${field} is ${config}, but the model's graph has ${graph}: the config does not belong to this ONNX model`);
+  if (geometry.num_layers !== num_layers) throw mismatch("the layer count (num_hidden_layers)", geometry.num_layers, num_layers);
+  const shape = session.inputMetadata?.find((input) => input.name === pastName(0, "key"))?.shape;
+  if (!shape || shape.length !== 4) return;
+  const [, heads, , size] = shape;
+  if (typeof heads === "number" && heads !== geometry.num_kv_heads) throw mismatch("the key/value head count", geometry.num_kv_heads, heads);
+  if (typeof size === "number" && size !== geometry.head_dim) throw mismatch("the head size (head_dim)", geometry.head_dim, size);
 }

@@ -10,7 +10,7 @@ import { SinkCacheError, SinkCacheState, type CacheLayout } from "../cache/sink_
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
-import { decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
@@ -48,6 +48,7 @@ export class StreamingDecoder {
   ) {
     this.inputs = decoderInputs(session);
     const { settings, geometry, rule } = resolveStreamingPolicy(config, options, this.inputs);
+    checkCacheGeometry(geometry, session);
     this.settings = settings;
     this.rule = rule;
     this.layout = { num_layers: geometry.num_layers, num_kv_heads: geometry.num_kv_heads, head_dim: geometry.head_dim, kv_type: kvType(session) };
