@@ -203,6 +203,20 @@ describe("long prompts", () => {
     }
   });
 
+  it("with an odd window, chunks past a full cache are ceil(window / 2) long, as the oracle is fed", async () => {
+    const f = await fixture("llama");
+    const [sink, window] = [3, 9];
+    const model = await load(f, sink, window);
+    const prompt = tokenStream(61, f.spec.vocab_size, 29);
+    const out = await model.forward({ input_ids: ids(prompt), past_key_values: new DynamicCache() });
+    const expected = oracleFeed(oracle(f, sink, window), prompt, sink, window);
+    assert.ok(chunkPlan(prompt.length, 0, sink, window).includes(Math.ceil(window / 2)));
+    assert.equal(expected.length, prompt.length);
+    for (let t = 0; t < prompt.length; t++) {
+      assert.ok(maxAbsDiff(logitsAt(out.logits, 0, t), expected[t]) < TOLERANCE, `token ${t}`);
+    }
+  });
+
   it("generate() takes a prompt longer than the cache", async () => {
     const f = await fixture("gptj");
     const model = await load(f, 2, 6);

@@ -36,6 +36,8 @@ describe("attention-sink options", () => {
     // 512 positions: 4 sinks, 32 slots of room for lazy eviction, 476 window
     assert.deepEqual(resolveSinkPolicy({}, slotPositions(512)), { sink_size: 4, window_size: 476, capacity: 480, compaction_interval: 30 });
     assert.equal(resolveSinkPolicy({}, attendedPositions(512)).window_size, 508, "no room needed where slots are not positions");
+    // 200 positions: room for floor(200 / 16) = 12 masked slots, and an interval of floor(188 / 16) = 11.
+    assert.deepEqual(resolveSinkPolicy({}, slotPositions(200)), { sink_size: 4, window_size: 184, capacity: 188, compaction_interval: 11 });
     assert.equal(resolveSinkPolicy({ attention_sink_window_size: 508 }, slotPositions(512)).compaction_interval, 0);
     assert.throws(() => resolveSinkPolicy({ attention_sink_size: 600 }, slotPositions(512)), /600 \+ 1 = 601 exceeds the 512 positions/);
   });

@@ -110,6 +110,17 @@ describe("model families", () => {
     assert.equal(q3.head_dim, 128);
   });
 
+  it("transformers >= 4.56 configs: theta and scaling inside rope_parameters, which win over stale top-level keys", () => {
+    const base = { model_type: "llama", num_hidden_layers: 2, num_attention_heads: 8, hidden_size: 512, max_position_embeddings: 131072 };
+    const rope_parameters = { rope_type: "llama3", rope_theta: 500000, factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+    for (const config of [{ ...base, rope_parameters }, { ...base, rope_parameters, rope_theta: 10000, rope_scaling: { rope_type: "linear", factor: 2 } }]) {
+      const { scheme } = resolveGeometry(config);
+      assert.ok(scheme.kind === "rope");
+      assert.equal(scheme.rope.theta, 500000);
+      assert.equal(scheme.rope.scaling?.rope_type, "llama3");
+    }
+  });
+
   it("partial rotary: gpt_neox rotary_pct, phi partial_rotary_factor, gptj rotary_dim (interleaved)", () => {
     const neox = resolveGeometry({ model_type: "gpt_neox", num_hidden_layers: 6, num_attention_heads: 8, hidden_size: 512, rotary_pct: 0.25, rotary_emb_base: 10000, max_position_embeddings: 2048 });
     assert.ok(neox.scheme.kind === "rope" && neox.scheme.rope.rotary_dim === 16 && neox.scheme.rope.layout === "rotate_half");
