@@ -193,14 +193,14 @@ describe("GenerationSession", () => {
 
 describe("Chat turns", () => {
   /** A chat over a session stand-in that returns `result` for every turn. */
-  async function fakeChat(path: string, result: Omit<TurnResult, "prompt_tokens" | "seconds">, reply: string) {
+  async function fakeChat(path: string, result: Omit<TurnResult, "prompt_tokens" | "seconds" | "prefill_seconds" | "generation_seconds">, reply: string) {
     const tokenizer = await loadTokenizer(path);
     const session = {
       tokenizer: new TransformersTokenizer(tokenizer),
       reset() {},
       async generate(_ids: Tensor, options: { onText?: (text: string) => void }) {
         options.onText?.(reply);
-        return { ...result, prompt_tokens: 1, seconds: 0 };
+        return { ...result, prompt_tokens: 1, seconds: 0, prefill_seconds: 0, generation_seconds: 0 };
       },
     };
     return new Chat(session as unknown as GenerationSession);

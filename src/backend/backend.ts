@@ -27,6 +27,14 @@ export interface TextTokenizer {
   renderChat(messages: readonly ChatMessage[], add_generation_prompt: boolean): string;
 }
 
+export interface FeedOptions {
+  /**
+   * Stops a long input between the chunks it is fed in: the stream keeps the tokens fed so far, and the
+   * call rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
+}
+
 export interface StreamingBackend {
   /** The model's family (`config.json`'s `model_type`). */
   readonly model_type: string;
@@ -43,7 +51,7 @@ export interface StreamingBackend {
    * Feeds tokens to the stream, in order; resolves to the logits over the vocabulary that predict the next
    * token. The array is the caller's to modify and is valid until the next call.
    */
-  feed(tokens: readonly number[]): Promise<Float32Array>;
+  feed(tokens: readonly number[], options?: FeedOptions): Promise<Float32Array>;
   /** The cache's counters now. */
   stats(): SinkCacheStats;
   /** Starts a new stream on an empty cache. */

@@ -31,7 +31,12 @@ export interface TurnResult {
   stopped: StopReason;
   /** The last token generated (null when none was). */
   last_token: bigint | null;
+  /** Seconds of the whole turn: prefill and generation. */
   seconds: number;
+  /** Seconds spent feeding the prompt, until the first token could be chosen. */
+  prefill_seconds: number;
+  /** Seconds spent generating after the prefill. */
+  generation_seconds: number;
 }
 
 export interface SessionOptions {
@@ -41,6 +46,8 @@ export interface SessionOptions {
 
 export class GenerationSession {
   private interrupted = false;
+  /** Aborts the running turn's prefill between chunks. */
+  private prefill: AbortController | null = null;
   /** The last token generated, which is not fed until the next turn continues the stream with it. */
   private pending: number | null = null;
   private readonly eosTokens: ReadonlySet<number>;
@@ -66,6 +73,7 @@ export class GenerationSession {
   /** Stops the running turn after its current token. Only sets a flag: safe from a signal handler. */
   interrupt(): void {
     this.interrupted = true;
+    this.prefill?.abort();
   }
 
   /** Starts a new stream on an empty cache. */
@@ -94,7 +102,20 @@ export class GenerationSession {
     const fed = this.pending === null ? input_ids : [this.pending, ...input_ids];
     chooser.observe(fed);
     text.setContext(fed.slice(-16));
-    let logits = await this.backend.feed(fed);
+    this.prefill = new AbortController();
+    let logits: Float32Array;
+    try {
+      logits = await this.backend.feed(fed, { signal: this.prefill.signal });
+    } catch (error) {
+      if (!this.prefill.signal.aborted) throw error;
+      // Stopped between chunks: the stream keeps the part of the prompt it was fed.
+      this.pending = null;
+      const seconds = (performance.now() - started) / 1000;
+      return { prompt_tokens: input_ids.length, new_tokens: 0, stopped: "interrupted", last_token: null, seconds, prefill_seconds: seconds, generation_seconds: 0 };
+    } finally {
+      this.prefill = null;
+    }
+    const prefilled = performance.now();
     let generated = 0;
     let last: number | null = null;
     let stopped: StopReason = "max_new_tokens";
@@ -114,12 +135,15 @@ export class GenerationSession {
       break;
     }
     text.end();
+    const ended = performance.now();
     return {
       prompt_tokens: input_ids.length,
       new_tokens: generated,
       stopped,
       last_token: BigInt(last),
-      seconds: (performance.now() - started) / 1000,
+      seconds: (ended - started) / 1000,
+      prefill_seconds: (prefilled - started) / 1000,
+      generation_seconds: (ended - prefilled) / 1000,
     };
   }
 }

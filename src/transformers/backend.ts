@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import * as transformers from "@huggingface/transformers";
 import { DynamicCache, Tensor, type DataType, type DeviceType, type PreTrainedModel, type PreTrainedTokenizer } from "@huggingface/transformers";
-import type { ChatMessage, StreamingBackend, TextTokenizer } from "../backend/backend.js";
+import type { ChatMessage, FeedOptions, StreamingBackend, TextTokenizer } from "../backend/backend.js";
 import { experimentCache, type CacheSizes, type Experiment } from "../backend/experiments.js";
 import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
@@ -93,7 +93,7 @@ abstract class TransformersStream implements StreamingBackend {
     this.eos_token_ids = [eos ?? []].flat();
   }
 
-  abstract feed(tokens: readonly number[]): Promise<Float32Array>;
+  abstract feed(tokens: readonly number[], options?: FeedOptions): Promise<Float32Array>;
 
   stats(): SinkCacheStats {
     return cacheStats(this.cache);
@@ -117,8 +117,8 @@ export class SinkStream extends TransformersStream {
     this.attention_sinks = model.attention_sinks;
   }
 
-  async feed(tokens: readonly number[]): Promise<Float32Array> {
-    const out = await this.model.forward({ input_ids: tokenIds(tokens), past_key_values: this.cache, num_logits_to_keep: 1 });
+  async feed(tokens: readonly number[], options: FeedOptions = {}): Promise<Float32Array> {
+    const out = await this.model.forward({ input_ids: tokenIds(tokens), past_key_values: this.cache, num_logits_to_keep: 1, signal: options.signal });
     return lastRow(out.logits);
   }
 }
@@ -140,7 +140,9 @@ export class DenseStream extends TransformersStream {
     this.layers = decoderInputs(session).num_layers;
   }
 
-  async feed(tokens: readonly number[]): Promise<Float32Array> {
+  /** One pass: a dense cache takes the whole input at once, so `signal` is only checked before it. */
+  async feed(tokens: readonly number[], options: FeedOptions = {}): Promise<Float32Array> {
+    options.signal?.throwIfAborted();
     const length = this.length + tokens.length;
     const attention_mask = new Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
     const out = (await this.model.forward({ input_ids: tokenIds(tokens), attention_mask, past_key_values: this.cache })) as Record<string, Tensor>;

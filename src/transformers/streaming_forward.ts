@@ -25,6 +25,8 @@ export interface StreamingForwardInputs {
   num_logits_to_keep?: number | Tensor | null;
   /** Not accepted: the cache assigns positions. */
   position_ids?: Tensor | null;
+  /** Stops a long input between chunks (the stream keeps what was fed); the call rejects with its reason. */
+  signal?: AbortSignal | null;
 }
 
 export interface StreamingForwardOutput {
@@ -102,6 +104,7 @@ export class StreamingDecoder {
     let gathered: { type: Tensor["type"]; data: LogitsArray } | null = null;
     let vocab = 0;
     for (let start = 0; start < length; ) {
+      if (start > 0) inputs.signal?.throwIfAborted();
       const n = stream.slots.nextChunkLength(length - start);
       const chunkLogits = await this.runChunk(stream.slots, ids, batch, length, start, n, Math.max(1, Math.min(n, start + n - (length - keep))));
       stream.transcript.record(ids, batch, length, start, n);

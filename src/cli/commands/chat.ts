@@ -82,7 +82,7 @@ export const chatCommand = defineCommand(spec, async ({ flags: values }) => {
       if (!replying) input?.close();
     });
     const text = new TextOutput(values.output, () => (replying ? session.interrupt() : input?.close()));
-    const totals = { replies: 0, new_tokens: 0, seconds: 0, stopped: "end of input" };
+    const totals = { replies: 0, prompt_tokens: 0, prefill_seconds: 0, new_tokens: 0, generation_seconds: 0, seconds: 0, stopped: "end of input" };
 
     const reply = async (message: string) => {
       if (typed) text.toFile(`User: ${message}\n`);
@@ -111,6 +111,9 @@ export const chatCommand = defineCommand(spec, async ({ flags: values }) => {
       totals.replies++;
       totals.new_tokens += result.new_tokens;
       totals.seconds += result.seconds;
+      totals.prompt_tokens += result.prompt_tokens;
+      totals.prefill_seconds += result.prefill_seconds;
+      totals.generation_seconds += result.generation_seconds;
       const { prompt_tokens, new_tokens, stopped } = result;
       stats.write({ event: "turn", turn: totals.replies, prompt_tokens, new_tokens, stopped, ...sample(new_tokens, result.seconds) });
     };
@@ -144,7 +147,7 @@ export const chatCommand = defineCommand(spec, async ({ flags: values }) => {
     const final = streamSample(totals.new_tokens, totals.seconds, session.stats());
     stats.write({ event: "summary", replies: totals.replies, ...final, stopped: totals.stopped, max_rss_bytes: maxRssBytes() });
     stats.close();
-    const [tokens, cache] = describeSummary(totals, final);
-    process.stderr.write(`${count(totals.replies)} ${totals.replies === 1 ? "reply" : "replies"}, ${tokens}\n${cache}\n`);
+    const [prefill, tokens, cache] = describeSummary(totals, final);
+    process.stderr.write(`${prefill}\n${count(totals.replies)} ${totals.replies === 1 ? "reply" : "replies"}, ${tokens}\n${cache}\n`);
     return interrupted ? (interrupts.exitCode ?? 130) : 0;
 });

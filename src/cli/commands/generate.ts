@@ -29,9 +29,15 @@ export function describeSetup(backend: StreamingBackend, experiment: string, sam
   return `${backend.model_type} model, ${experiment}: ${cache}; ${decoding}`;
 }
 
-export function describeSummary(result: { new_tokens: number; seconds: number; stopped: string }, stats: StreamSample): string[] {
+/** What a run did: the prompt's prefill, then generation (its rate over generation time alone), and the cache. */
+export function describeSummary(
+  result: { prompt_tokens: number; prefill_seconds: number; new_tokens: number; generation_seconds: number; stopped: string },
+  stats: StreamSample,
+): string[] {
+  const rate = (tokens: number, seconds: number) => count(seconds > 0 ? tokens / seconds : 0);
   return [
-    `${count(result.new_tokens)} tokens in ${result.seconds.toFixed(1)} s (${count(stats.tokens_per_second)} tokens/s); stopped: ${result.stopped}`,
+    `prefill: ${count(result.prompt_tokens)} prompt tokens in ${result.prefill_seconds.toFixed(1)} s (${rate(result.prompt_tokens, result.prefill_seconds)} tokens/s)`,
+    `${count(result.new_tokens)} tokens in ${result.generation_seconds.toFixed(1)} s (${rate(result.new_tokens, result.generation_seconds)} tokens/s); stopped: ${result.stopped}`,
     `cache: ${count(stats.cached_tokens)} of ${count(stats.seen_tokens)} tokens attended; KV ${formatBytes(stats.kv_cache_bytes)} ` +
       `(buffers ${formatBytes(stats.kv_buffer_bytes)}); peak RSS ${formatBytes(maxRssBytes())}`,
   ];
@@ -106,7 +112,8 @@ export const generateCommand = defineCommand(spec, async ({ flags: values }) => 
   // A reader that stopped reading (`| head`) is not an interruption by the user.
   const stopped = text.stdoutClosed ? "output closed" : result.stopped;
   const final = sample(result.new_tokens);
-  stats.write({ event: "summary", ...final, prompt_tokens: result.prompt_tokens, stopped, max_rss_bytes: maxRssBytes() });
+  const { prompt_tokens, prefill_seconds, generation_seconds } = result;
+  stats.write({ event: "summary", ...final, prompt_tokens, prefill_seconds, generation_seconds, stopped, max_rss_bytes: maxRssBytes() });
   stats.close();
   process.stderr.write(describeSummary({ ...result, stopped }, final).join("\n") + "\n");
   return stopped === "interrupted" ? (interrupts.exitCode ?? 130) : 0;
