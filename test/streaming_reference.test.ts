@@ -14,22 +14,11 @@ import {
   StreamingReference,
   type ReferencePolicy,
 } from "./support/reference/streaming_reference.js";
-
-/** mulberry32: a tiny deterministic PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "./support/random.js";
 
 /** Random weights of a sensible scale: norm weights near 1, small biases, linear layers ~ 1/sqrt(fan_in). */
 function randomWeights(spec: DecoderSpec, seed: number): DecoderWeights {
-  const random = prng(seed);
+  const random = seededRandom(seed);
   const uniform = () => 2 * random() - 1;
   const weights = new Map<string, WeightTensor>();
   for (const [name, shape] of weightShapes(spec)) {
@@ -104,7 +93,7 @@ const variants: Record<string, DecoderSpec> = {
 const fullCache: ReferencePolicy = { sink_size: 0, window_size: null };
 
 function randomTokens(count: number, vocab: number, seed: number): number[] {
-  const random = prng(seed);
+  const random = seededRandom(seed);
   return Array.from({ length: count }, () => Math.floor(random() * vocab));
 }
 

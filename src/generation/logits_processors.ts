@@ -82,12 +82,28 @@ export class PenaltyWindow {
   }
 }
 
+/** Buckets per unit of logit below the row's maximum, and how far down they reach. */
+const BUCKETS_PER_LOGIT = 64;
+/** exp(-40) is 4e-18: tokens further below the maximum cannot decide a nucleus the buckets leave open. */
+const BUCKET_RANGE = 40;
+/** A crossing bucket with more tokens than this is split again before its tokens are sorted. */
+const MAX_SORTED = 2048;
+const SPLIT_BUCKETS = 4096;
+
 /**
  * Top-k then top-p (nucleus) filtering, as Hugging Face applies them: keeps the `top_k` most likely tokens
  * (all when 0), then the fewest of those whose probabilities sum to at least `top_p`; every other logit
  * becomes -Infinity. Run it after the temperature, before the sampler draws.
+ *
+ * Nothing sorts the vocabulary: top-k keeps its k best in a heap; a nucleus over the whole vocabulary
+ * buckets the probabilities by logit in one pass, and only the bucket where the running mass crosses
+ * `top_p` is split further and sorted.
  */
 export class TopKTopPFilter extends LogitsProcessor {
+  private heap = new Int32Array(0);
+  private readonly buckets = new Float64Array(Math.max(BUCKETS_PER_LOGIT * BUCKET_RANGE, SPLIT_BUCKETS));
+  private crossing = new Int32Array(0);
+
   constructor(
     readonly top_k: number,
     readonly top_p: number,
@@ -100,19 +116,111 @@ export class TopKTopPFilter extends LogitsProcessor {
   override _call(_input_ids: bigint[][], logits: Tensor): Tensor {
     const vocab = logits.dims.at(-1)!;
     const data = logits.data as Float32Array;
-    const order = new Uint32Array(vocab);
     for (let offset = 0; offset < data.length; offset += vocab) {
       const row = data.subarray(offset, offset + vocab);
-      for (let i = 0; i < vocab; i++) order[i] = i;
-      order.sort((a, b) => row[b] - row[a]);
-      const candidates = this.top_k > 0 ? Math.min(this.top_k, vocab) : vocab;
-      const top = row[order[0]];
-      let total = 0;
-      for (let i = 0; i < candidates; i++) total += Math.exp(row[order[i]] - top);
-      let kept = 0;
-      for (let mass = 0; kept < candidates && mass < this.top_p * total; kept++) mass += Math.exp(row[order[kept]] - top);
-      for (let i = Math.max(kept, 1); i < vocab; i++) row[order[i]] = -Infinity;
+      if (this.top_k > 0 && this.top_k < vocab) this.topK(row, this.top_k);
+      else if (this.top_p < 1) this.nucleus(row);
     }
     return logits;
+  }
+
+  /** Keeps the k best (ties to the lower id), then the nucleus among them; masks the rest. */
+  private topK(row: Float32Array, k: number): void {
+    if (this.heap.length < k) this.heap = new Int32Array(k);
+    const heap = this.heap;
+    // A min-heap of the best k so far, its root the worst of them; a later token must beat it strictly.
+    const worse = (a: number, b: number) => row[a] < row[b] || (row[a] === row[b] && a > b);
+    const siftDown = () => {
+      for (let i = 0; ; ) {
+        const left = 2 * i + 1;
+        if (left >= k) return;
+        const child = left + 1 < k && worse(heap[left + 1], heap[left]) ? left + 1 : left;
+        if (!worse(heap[child], heap[i])) return;
+        const swap = heap[i];
+        heap[i] = heap[child];
+        heap[child] = swap;
+        i = child;
+      }
+    };
+    const best = Array.from({ length: k }, (_, t) => t).sort((a, b) => row[b] - row[a] || a - b);
+    // Sorted descending is a max-heap; reversed it is a valid min-heap.
+    for (let i = 0; i < k; i++) heap[i] = best[k - 1 - i];
+    let floor = row[heap[0]];
+    for (let t = k; t < row.length; t++) {
+      if (!(row[t] > floor)) continue;
+      heap[0] = t;
+      siftDown();
+      floor = row[heap[0]];
+    }
+    const chosen = Array.from(heap.subarray(0, k)).sort((a, b) => row[b] - row[a] || a - b);
+    const top = row[chosen[0]];
+    let total = 0;
+    for (const token of chosen) total += Math.exp(row[token] - top);
+    let kept = this.top_p < 1 ? 0 : k;
+    for (let mass = 0; kept < k && mass < this.top_p * total; kept++) mass += Math.exp(row[chosen[kept]] - top);
+    const keep = chosen.slice(0, Math.max(kept, 1));
+    const values = keep.map((token) => row[token]);
+    row.fill(-Infinity);
+    keep.forEach((token, i) => (row[token] = values[i]));
+  }
+
+  /** The nucleus over the whole row. */
+  private nucleus(row: Float32Array): void {
+    let max = -Infinity;
+    for (let t = 0; t < row.length; t++) if (row[t] > max) max = row[t];
+    if (!Number.isFinite(max)) return;
+    const buckets = this.buckets.fill(0);
+    const last = BUCKETS_PER_LOGIT * BUCKET_RANGE;
+    let total = 0;
+    for (let t = 0; t < row.length; t++) {
+      const gap = max - row[t];
+      const p = Math.exp(-gap);
+      total += p;
+      if (gap < BUCKET_RANGE) buckets[Math.floor(gap * BUCKETS_PER_LOGIT)] += p;
+    }
+    const target = this.top_p * total;
+    let above = 0;
+    let crossing = 0;
+    while (crossing < last && above + buckets[crossing] < target) above += buckets[crossing++];
+    if (crossing === last) return; // the nucleus reaches past the buckets: it is all but a negligible tail
+    if (this.crossing.length < row.length) this.crossing = new Int32Array(row.length);
+    const list = this.crossing;
+    let count = 0;
+    for (let t = 0; t < row.length; t++) {
+      const gap = max - row[t];
+      const bucket = gap < BUCKET_RANGE ? Math.floor(gap * BUCKETS_PER_LOGIT) : last;
+      if (bucket === crossing) list[count++] = t;
+      else if (bucket > crossing) row[t] = -Infinity;
+    }
+    // A bucket holding many tokens (a flat row) is split over its own range until few remain.
+    let equal = false;
+    while (count > MAX_SORTED && !equal) {
+      let low = Infinity;
+      let high = -Infinity;
+      for (let i = 0; i < count; i++) {
+        low = Math.min(low, row[list[i]]);
+        high = Math.max(high, row[list[i]]);
+      }
+      equal = low === high;
+      if (equal) break;
+      const scale = (SPLIT_BUCKETS - 1) / (high - low);
+      const split = buckets.fill(0, 0, SPLIT_BUCKETS);
+      for (let i = 0; i < count; i++) split[Math.floor((high - row[list[i]]) * scale)] += Math.exp(row[list[i]] - max);
+      let sub = 0;
+      while (above + split[sub] < target) above += split[sub++];
+      let kept = 0;
+      for (let i = 0; i < count; i++) {
+        const token = list[i];
+        const at = Math.floor((high - row[token]) * scale);
+        if (at === sub) list[kept++] = token;
+        else if (at > sub) row[token] = -Infinity;
+      }
+      count = kept;
+    }
+    // Equal logits rank by id, the order they were listed in.
+    const candidates = equal ? list.subarray(0, count) : Array.from(list.subarray(0, count)).sort((a, b) => row[b] - row[a] || a - b);
+    let kept = 0;
+    for (let mass = above; kept < candidates.length && mass < target; kept++) mass += Math.exp(row[candidates[kept]] - max);
+    for (let i = Math.max(kept, above > 0 ? 0 : 1); i < candidates.length; i++) row[candidates[i]] = -Infinity;
   }
 }
