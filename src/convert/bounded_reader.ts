@@ -5,7 +5,7 @@
  * bytes the file really has before anything is read or allocated, so a corrupt header ends in a
  * {@link ConversionError} that names the file, never in a crash, a hang or a giant allocation.
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from "node:fs";
 import { endianness } from "node:os";
 import { ConversionError } from "./errors.js";
 
@@ -21,6 +21,14 @@ export interface ByteSource {
 
 /** Opens a regular file for bounded reading; a missing or unreadable file is a {@link ConversionError}. */
 export function openFileSource(path: string): ByteSource {
+  // Checked before opening: opening a named pipe for reading would wait for a writer for ever.
+  let kind: Stats;
+  try {
+    kind = statSync(path);
+  } catch (error) {
+    throw new ConversionError(path, `cannot open: ${(error as Error).message}`, { cause: error });
+  }
+  if (!kind.isFile()) throw new ConversionError(path, kind.isDirectory() ? "is a directory, not a file" : "is not a regular file");
   let fd: number;
   try {
     fd = openSync(path, "r");
@@ -286,6 +294,7 @@ function readTextFile(path: string, maxBytes: number): string {
 /** A whole small JSON file, parsed; invalid JSON is a {@link ConversionError}. */
 export function readJsonFile(path: string, maxBytes: number): { text: string; value: unknown } {
   const text = readTextFile(path, maxBytes);
+  if (text.trim() === "") throw new ConversionError(path, "is empty: it should hold JSON");
   try {
     return { text, value: JSON.parse(text) };
   } catch (error) {

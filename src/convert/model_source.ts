@@ -10,6 +10,7 @@ import { basename, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeModelDirectory } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
+import { checkModelFiles } from "./model_directory.js";
 import { ConversionError } from "./errors.js";
 
 export interface ResolveModelSourceOptions {
@@ -55,7 +56,10 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
     if (looksLikeLocalPath(nameOrPath)) throw new ConversionError(nameOrPath, "does not exist");
     return nameOrPath;
   }
-  if (isTransformersJsDirectory(nameOrPath)) return resolve(nameOrPath);
+  if (isTransformersJsDirectory(nameOrPath)) {
+    checkModelFiles(nameOrPath);
+    return resolve(nameOrPath);
+  }
   const checkpoint = openCheckpoint(nameOrPath, options.tokenizer);
   try {
     const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));

@@ -10,7 +10,7 @@ import { experimentCache, type CacheSizes, type Experiment } from "../backend/ex
 import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
-import { resolveModelSource } from "../convert/index.js";
+import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
 import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
@@ -170,6 +170,7 @@ export async function pretrainedSource(nameOrPath: string, revision?: string): P
 /** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
 export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
   const { path, files } = await pretrainedSource(nameOrPath, options.revision);
+  if (files.local_files_only) checkTokenizerFiles(path);
   const tokenizer = await transformers.AutoTokenizer.from_pretrained(path, files);
   const model = await transformers.AutoModelForCausalLM.from_pretrained(path, {
     ...files,

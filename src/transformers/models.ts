@@ -4,7 +4,7 @@
  */
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
-import { resolveModelSource } from "../convert/index.js";
+import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
 import { pretrainedSource } from "./backend.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
@@ -67,7 +67,9 @@ export class AutoTokenizer {
     id: string,
     options?: Parameters<typeof transformers.AutoTokenizer.from_pretrained>[1],
   ): ReturnType<typeof transformers.AutoTokenizer.from_pretrained> {
-    return transformers.AutoTokenizer.from_pretrained(await resolveModelSource(id), options);
+    const { path, files } = await pretrainedSource(id);
+    if (files.local_files_only) checkTokenizerFiles(path);
+    return transformers.AutoTokenizer.from_pretrained(path, { ...files, ...options });
   }
 }
 
