@@ -67,7 +67,7 @@ describe("generate: help and usage errors", () => {
       assert.match(run.stderr, /usage: attention-sinks generate \[options\]\nRun `attention-sinks generate --help` for details/);
       assert.equal(run.stdout, "");
     }
-    assert.match(unknown.stderr, /^attention-sinks generate: unknown option '--max_tokens'$/m);
+    assert.match(unknown.stderr, /^attention-sinks generate: unknown option '--max_tokens'; did you mean --max_new_tokens\?$/m);
     assert.match(misused.stderr, /^attention-sinks generate: --temperature only applies to sampling: add --do_sample$/m);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no-such-model: does not exist/);

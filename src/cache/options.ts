@@ -60,7 +60,7 @@ export function splitSinkOptions<T extends object>(options: T | undefined): {
 
 function integerOption(name: string, value: unknown, min: number): number {
   if (typeof value !== "number" || !Number.isInteger(value)) {
-    throw new AttentionSinkOptionError(`${name} must be an integer, got ${JSON.stringify(value)}`);
+    throw new AttentionSinkOptionError(`${name} must be an integer, got ${typeof value === "string" ? JSON.stringify(value) : String(value)}`);
   }
   if (value < min) throw new AttentionSinkOptionError(`${name} must be at least ${min}, got ${value}`);
   return value;
@@ -89,6 +89,12 @@ export function resolveSinkPolicy(options: AttentionSinkOptions, budget: Positio
     maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size - reserve));
   const window_size = integerOption("attention_sink_window_size", options.attention_sink_window_size ?? defaultWindow, 1);
   const capacity = sink_size + window_size;
+  if (maxPositions !== null && sink_size >= maxPositions) {
+    throw new AttentionSinkOptionError(
+      `attention_sink_size ${sink_size} leaves no room for a window in the ${maxPositions} positions this model addresses ` +
+        `(max_position_embeddings); use attention_sink_size < ${maxPositions}`,
+    );
+  }
   if (maxPositions !== null && capacity > maxPositions) {
     throw new AttentionSinkOptionError(
       `attention_sink_size + attention_sink_window_size = ${sink_size} + ${window_size} = ${capacity} exceeds the ` +

@@ -67,15 +67,21 @@ export interface ParsedArgs<S extends FlagSpecs = FlagSpecs> {
 type RawValue = string | number | boolean | readonly string[] | undefined;
 
 export function parseCommandLine<S extends FlagSpecs>(spec: CommandSpec<S>, argv: readonly string[]): ParsedArgs<S> {
-  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = { help: { type: "boolean" } };
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }> = { help: { type: "boolean", short: "h" } };
   for (const [name, flag] of Object.entries(spec.flags)) {
     options[name] = flag.type === "boolean" ? { type: "boolean" } : { type: "string", multiple: flag.type === "list" };
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: joinListValues(spec, argv), options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: joinListValues(spec, normalizeFlags(spec, argv)), options, allowPositionals: true, strict: true });
   } catch (error) {
-    throw new UsageError((error as Error).message.replace(/^.*?Unknown option/, "unknown option").replace(/\. To specify.*$/s, ""));
+    const message = (error as Error).message;
+    const unknown = /Unknown option '--?([^']+)'/.exec(message)?.[1];
+    if (unknown !== undefined) {
+      const guess = closestFlag(unknown, Object.keys(spec.flags));
+      throw new UsageError(`unknown option '--${unknown}'${guess ? `; did you mean --${guess}?` : ""}`);
+    }
+    throw new UsageError(message.replace(/\. To specify.*$/s, ""));
   }
   if (parsed.values.help) return { flags: {} as FlagValues<S>, positionals: parsed.positionals, help: true };
   const required = (spec.positionals ?? []).filter((p) => !p.optional).length;
@@ -91,6 +97,57 @@ export function parseCommandLine<S extends FlagSpecs>(spec: CommandSpec<S>, argv
   }
   // Each value was converted by its own spec above, which is what FlagValues<S> describes.
   return { flags: values as FlagValues<S>, positionals: parsed.positionals, help: false };
+}
+
+/**
+ * Kebab-case spellings of the snake_case flags (`--max-new-tokens`) become the documented names, and a
+ * negative number after a flag that takes a value (`--attention_sink_size -1`) is that flag's value.
+ */
+function normalizeFlags(spec: CommandSpec<FlagSpecs>, argv: readonly string[]): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--") {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const match = /^--([^=]+)(=.*)?$/s.exec(arg);
+    if (!match) {
+      args.push(arg);
+      continue;
+    }
+    const name = match[1].replaceAll("-", "_") in spec.flags ? match[1].replaceAll("-", "_") : match[1];
+    const flag = spec.flags[name];
+    if (match[2] === undefined && flag && flag.type !== "boolean" && flag.type !== "list" && /^-\d|^-\.\d/.test(argv[i + 1] ?? "")) {
+      args.push(`--${name}=${argv[++i]}`);
+    } else {
+      args.push(`--${name}${match[2] ?? ""}`);
+    }
+  }
+  return args;
+}
+
+/** The declared flag nearest to a misspelt one (at most a third of its letters off), if any. */
+function closestFlag(name: string, names: readonly string[]): string | undefined {
+  const distance = (a: string, b: string) => {
+    const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      let diagonal = row[0];
+      row[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const above = row[j];
+        row[j] = Math.min(row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+        diagonal = above;
+      }
+    }
+    return row[b.length];
+  };
+  let best: { name: string; distance: number } | undefined;
+  for (const candidate of names) {
+    const d = distance(name, candidate);
+    if (d <= Math.max(1, Math.floor(candidate.length / 3)) && (!best || d < best.distance)) best = { name: candidate, distance: d };
+  }
+  return best?.name;
 }
 
 /** `--features a b c` (the seed's space-separated lists) becomes `--features=a,b,c`. */
@@ -122,7 +179,9 @@ function convert(name: string, flag: FlagSpec, raw: string | boolean | string[])
     return text;
   }
   const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value) || (flag.type === "integer" && !Number.isInteger(value))) {
+  // Decimal only: Number() would also read "0x10" as 16 and "" as 0.
+  const decimal = /^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$/.test(text);
+  if (!decimal || !Number.isFinite(value) || (flag.type === "integer" && !Number.isInteger(value))) {
     throw new UsageError(`--${name} must be ${flag.type === "integer" ? "an integer" : "a number"}, got "${text}"`);
   }
   if (flag.min !== undefined && value < flag.min) throw new UsageError(`--${name} must be at least ${flag.min}, got ${value}`);

@@ -11,7 +11,8 @@ import { loadTransformersBackend, type BackendLoadOptions } from "../transformer
 import { flags, UsageError, type FlagValues } from "./args.js";
 
 export const DTYPES = ["auto", "fp32", "fp16", "q8", "int8", "uint8", "q4", "bnb4", "q4f16"] as const satisfies readonly DataType[];
-export const DEVICES = ["auto", "cpu", "gpu", "cuda", "dml", "coreml", "webgpu", "wasm"] as const satisfies readonly DeviceType[];
+/** The devices onnxruntime-node offers (wasm is the browser build's). */
+export const DEVICES = ["auto", "cpu", "gpu", "cuda", "dml", "coreml", "webgpu"] as const satisfies readonly DeviceType[];
 
 export const MODEL_FLAG = flags({
   model_name_or_path: {
