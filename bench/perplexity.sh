@@ -29,7 +29,7 @@ for spec in "${RUNS[@]}"; do
       --num_tokens "$tokens" --window_size "$window" --attention_sink_size 4 --output_dir "$out" --overwrite
   done
   echo "## $name"
-  "${CLI[@]}" plot --output_dir "$out" --output "docs/images/$name.png" \
+  "${CLI[@]}" plot --output_dir "$out" --output "docs/images/$name.png" --overwrite \
     --title "$(basename "$model") on $(basename "$text"): log perplexity, window $window"
   node dist/bench/perplexity_overhead.js "$model" "$text" "$window"
   echo

@@ -5,7 +5,8 @@
  */
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCli } from "./support/cli.js";
@@ -63,5 +64,49 @@ describe("CLI conventions", () => {
     const run = await runCli(["generate", "--model_name_or_path", model, "--prompt", "the", "--attention_sink_size", "64"]);
     assert.equal(run.code, 2);
     assert.match(run.stderr, /--attention_sink_size 64 leaves no room for a window in the 64 positions .* use --attention_sink_size < 64/);
+  });
+});
+
+describe("one overwrite policy for every command that writes files", () => {
+  it("perplexity leaves no CSV for a dataset too short to evaluate, and refuses to replace one", async () => {
+    const out = join(root, "ppl-empty");
+    const data = join(root, "one-word.txt");
+    await writeFile(data, "");
+    const empty = await runCli(["perplexity", "--model_name_or_path", model, "--dataset_name", data, "--output_dir", out, "--window_size", "16", "--attention_sink_size", "2"]);
+    assert.equal(empty.code, 1, empty.stderr);
+    assert.match(empty.stderr, /no token was evaluated.*no CSV was written/);
+    assert.equal(existsSync(join(out, "attention_sinks.csv")), false);
+  });
+
+  it("plot refuses to replace a plot without --overwrite, and reports an empty plot as an error", async () => {
+    const out = join(root, "ppl");
+    const data = join(root, "story.txt");
+    await writeFile(data, "once upon a time the cat sat on the mat and she was happy. ".repeat(20));
+    for (const experiment of ["attention_sinks", "windowed"]) {
+      const run = await runCli(["perplexity", "--experiment", experiment, "--model_name_or_path", model, "--dataset_name", data, "--output_dir", out, "--num_tokens", "60", "--window_size", "16", "--attention_sink_size", "2"]);
+      assert.equal(run.code, 0, run.stderr);
+    }
+    const plot = (...extra: string[]) => runCli(["plot", "--output_dir", out, "--skip_first", "0", ...extra]);
+    assert.equal((await plot()).code, 0);
+    const again = await plot();
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /perplexity\.png and .*perplexity\.svg already exist; pass --overwrite to replace them/);
+    assert.equal((await plot("--overwrite")).code, 0);
+    const nothing = await runCli(["plot", "--output_dir", out, "--skip_first", "500", "--output", join(root, "empty.png")]);
+    assert.equal(nothing.code, 2);
+    assert.match(nothing.stderr, /nothing to plot: .*--skip_first 500 skips them all/);
+    assert.equal(existsSync(join(root, "empty.png")), false);
+  });
+
+  it("generate refuses to replace --output or --stats_json without --overwrite, before loading the model", async () => {
+    const text = join(root, "text.txt");
+    await writeFile(text, "keep me");
+    const refused = await runCli(["generate", "--model_name_or_path", join(root, "no-such-model"), "--prompt", "the", "--output", text]);
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /--output .*text\.txt already exists; pass --overwrite to replace it/);
+    assert.equal(await readFile(text, "utf8"), "keep me");
+    const replaced = await runCli(["generate", "--model_name_or_path", model, "--prompt", "the", "--max_new_tokens", "3", "--output", text, "--overwrite"]);
+    assert.equal(replaced.code, 0, replaced.stderr);
+    assert.notEqual(await readFile(text, "utf8"), "keep me");
   });
 });

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, extname, join } from "node:path";
 import type { TopLevelSpec } from "vega-lite";
-import { parseBenchmarkCsv, type BenchmarkColumns } from "./csv.js";
+import { OutputExistsError, parseBenchmarkCsv, type BenchmarkColumns } from "./csv.js";
 
 export const PLOT_FEATURES = ["perplexity", "memory", "latency"] as const;
 export type PlotFeature = (typeof PLOT_FEATURES)[number];
@@ -98,6 +98,9 @@ export function plotSpec(tables: readonly ExperimentTable[], options: PlotOption
     }
   }
 
+  if (values.length === 0) {
+    throw new RangeError(`nothing to plot: every CSV has at most ${skip} rows, and --skip_first ${skip} skips them all`);
+  }
   const layers = features.map((feature, index) => {
     const { name, label } = styles[feature];
     const plotted = values.filter((point) => point.feature === name);
@@ -168,9 +171,20 @@ export function plotPaths(output: string): { svg: string; png: string } {
   return { svg: `${stem}.svg`, png: `${stem}.png` };
 }
 
-/** Plots `tables` into `output` and the other format beside it; returns the paths written. */
-export async function writePlot(tables: readonly ExperimentTable[], output: string, options: PlotOptions = {}): Promise<{ svg: string; png: string }> {
+/**
+ * Plots `tables` into `output` and the other format beside it; returns the paths written. Existing files are
+ * replaced only with `overwrite`, as every command that writes files does.
+ */
+export async function writePlot(
+  tables: readonly ExperimentTable[],
+  output: string,
+  options: PlotOptions & { overwrite?: boolean } = {},
+): Promise<{ svg: string; png: string }> {
   const paths = plotPaths(output);
+  const existing = [paths.png, paths.svg].filter((path) => existsSync(path));
+  if (existing.length > 0 && !options.overwrite) {
+    throw new OutputExistsError(`${existing.join(" and ")} already exist${existing.length === 1 ? "s" : ""}; pass --overwrite to replace ${existing.length === 1 ? "it" : "them"}`);
+  }
   const { svg, png } = await renderPlot(tables, options);
   writeFileSync(paths.svg, svg);
   writeFileSync(paths.png, png);

@@ -2,10 +2,10 @@
  * One perplexity experiment from end to end, as `attention-sinks perplexity` runs it: the dataset's first
  * samples, tokenized, streamed through the experiment's model, one CSV row per evaluated token.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { CsvLogWriter, OutputExistsError } from "./csv.js";
-import { loadTextSamples, type DatasetOptions } from "./dataset.js";
+import { DatasetError, loadTextSamples, type DatasetOptions } from "./dataset.js";
 import { evaluatePerplexity, type EvaluationResult, type TokenRecord } from "./evaluate.js";
 import type { TextTokenizer } from "../backend/backend.js";
 import { experimentCache, type Experiment } from "../backend/experiments.js";
@@ -108,6 +108,12 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
         hooks.onToken?.(record);
       },
     });
+    if (result.tokens === 0 && !result.interrupted) {
+      // A header without rows is worth nothing, and would make the rerun need --overwrite.
+      writer.close();
+      rmSync(csv, { force: true });
+      throw new DatasetError("no token was evaluated: the dataset's samples have fewer than 2 tokens; no CSV was written");
+    }
     return { ...result, csv };
   } finally {
     writer.close();

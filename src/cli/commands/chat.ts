@@ -13,7 +13,7 @@ import { count } from "../format.js";
 import { CACHE_FLAGS, loadBackend, MODEL_FLAG, requiredString, RUNTIME_FLAGS, SAMPLING_FLAGS, samplingOptions } from "../model_flags.js";
 import { handleInterrupts } from "../signals.js";
 import { describeSample, JsonLines, maxRssBytes, StatusLine, streamSample, TextOutput } from "../terminal.js";
-import { describeSetup, describeSummary, OUTPUT_FLAGS } from "./generate.js";
+import { checkOutputFiles, describeSetup, describeSummary, OUTPUT_FLAGS } from "./generate.js";
 
 async function readPrompts(path: string): Promise<string[]> {
   let content: string;
@@ -59,6 +59,7 @@ const spec = {
 export const chatCommand = defineCommand(spec, async ({ flags: values }) => {
     requiredString(values.model_name_or_path, "model_name_or_path");
     const sampling = samplingOptions(values);
+    checkOutputFiles(values);
     const prompts = values.prompts !== undefined ? await readPrompts(values.prompts) : null;
     const backend = await loadBackend({ ...values, experiment: "attention_sinks" });
     const session = new GenerationSession(backend);

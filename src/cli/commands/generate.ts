@@ -2,12 +2,13 @@
  * `attention-sinks generate`: streams a continuation of a prompt to stdout, with live statistics on stderr.
  * Also home of the setup and summary lines `chat` shares.
  */
+import { existsSync } from "node:fs";
 import { text as readStream } from "node:stream/consumers";
 import { random } from "@huggingface/transformers";
 import type { StreamingBackend } from "../../backend/backend.js";
 import type { SamplingOptions } from "../../generation/decoding.js";
 import { GenerationSession, type TurnResult } from "../../generation/session.js";
-import { flags, UsageError } from "../args.js";
+import { flags, UsageError, type FlagValues } from "../args.js";
 import { defineCommand } from "../command.js";
 import { count, formatBytes } from "../format.js";
 import { CACHE_FLAGS, EXPERIMENT_FLAG, loadBackend, MODEL_FLAG, requiredString, RUNTIME_FLAGS, SAMPLING_FLAGS, samplingOptions } from "../model_flags.js";
@@ -17,7 +18,16 @@ import { describeSample, JsonLines, maxRssBytes, StatusLine, streamSample, TextO
 export const OUTPUT_FLAGS = flags({
   output: { type: "string", metavar: "FILE", description: "also write the text to FILE as it is produced" },
   stats_json: { type: "string", metavar: "FILE", description: "write statistics to FILE as JSON lines (cache tokens, KV bytes, RSS, tokens/s) and a final summary" },
+  overwrite: { type: "boolean", description: "replace existing --output and --stats_json files" },
 });
+
+/** Refuses, before the model loads, to replace an output file the user did not allow to be replaced. */
+export function checkOutputFiles(values: FlagValues<typeof OUTPUT_FLAGS>): void {
+  for (const name of ["output", "stats_json"] as const) {
+    const path = values[name];
+    if (path !== undefined && existsSync(path) && !values.overwrite) throw new UsageError(`--${name} ${path} already exists; pass --overwrite to replace it`);
+  }
+}
 
 /** One line on what is about to run. */
 export function describeSetup(backend: StreamingBackend, experiment: string, sampling: SamplingOptions): string {
@@ -77,6 +87,7 @@ export const generateCommand = defineCommand(spec, async ({ flags: values }) => 
   if (min_new_tokens > max_new_tokens) throw new UsageError(`--min_new_tokens (${min_new_tokens}) exceeds --max_new_tokens (${max_new_tokens})`);
   requiredString(values.model_name_or_path, "model_name_or_path");
   const sampling = samplingOptions(values);
+  checkOutputFiles(values);
   const prompt = await readPrompt(values.prompt);
   const backend = await loadBackend(values);
   const input_ids = backend.tokenizer.encode(prompt);

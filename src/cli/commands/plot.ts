@@ -1,5 +1,6 @@
 /** `attention-sinks plot`: the benchmark plot of every CSV in a folder, as SVG and PNG, and a summary table. */
 import { join } from "node:path";
+import { OutputExistsError } from "../../perplexity/csv.js";
 import { DEFAULT_PLOT_TITLE, PLOT_FEATURES, plotPaths, readExperimentTables, writePlot, type PlotFeature } from "../../perplexity/plot.js";
 import { summarizeExperiments } from "../../perplexity/summary.js";
 import { summaryTable } from "../format.js";
@@ -23,6 +24,7 @@ const spec = {
     log_perplexity_limit: { type: "number", default: 5, description: "top of the log-perplexity axis when the data go higher" },
     skip_first: { type: "integer", min: 0, default: 100, description: "rows skipped at the start of each CSV" },
     output: { type: "string", metavar: "FILE", description: "the PNG to write, with the .svg beside it (default {output_dir}/perplexity.png)" },
+    overwrite: { type: "boolean", description: "replace an existing plot" },
   }),
   examples: ["attention-sinks plot --output_dir benchmark/outputs --features perplexity memory latency"],
 };
@@ -43,6 +45,10 @@ export const plotCommand = defineCommand(spec, async ({ flags: values }) => {
     title: values.title,
     log_perplexity_limit: values.log_perplexity_limit,
     skip_first: values.skip_first,
+    overwrite: values.overwrite,
+  }).catch((error: unknown) => {
+    if (error instanceof OutputExistsError || error instanceof RangeError) throw new UsageError(error.message);
+    throw error;
   });
   process.stdout.write(`wrote ${written.png} and ${written.svg}\n\n${summaryTable(summarizeExperiments(tables))}\n`);
   return 0;
