@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCli } from "./support/cli.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
+import { sharedFiles } from "./support/shared_data.js";
 
 const root = await mkdtemp(join(tmpdir(), "attention-sinks-cli-conventions-"));
 after(() => rm(root, { recursive: true, force: true }));
@@ -108,5 +109,38 @@ describe("one overwrite policy for every command that writes files", () => {
     const replaced = await runCli(["generate", "--model_name_or_path", model, "--prompt", "the", "--max_new_tokens", "3", "--output", text, "--overwrite"]);
     assert.equal(replaced.code, 0, replaced.stderr);
     assert.notEqual(await readFile(text, "utf8"), "keep me");
+  });
+});
+
+describe("generate's text options and first-use conversion", () => {
+  it("--stop ends the text before a stop string, --hide_prompt writes only the continuation", async () => {
+    const args = ["generate", "--model_name_or_path", model, "--prompt", "the cat", "--max_new_tokens", "40", "--min_new_tokens", "40"];
+    const full = await runCli(args);
+    assert.equal(full.code, 0, full.stderr);
+    assert.ok(full.stdout.startsWith("the cat"));
+    const continuation = full.stdout.slice("the cat".length).trimEnd();
+    // A stop string from the middle whose first occurrence is there.
+    let at = 10;
+    while (at + 3 <= continuation.length && continuation.indexOf(continuation.slice(at, at + 3)) !== at) at++;
+    const stop = continuation.slice(at, at + 3);
+    assert.ok(stop.length === 3, `no stop string found in "${continuation}"`);
+    const stopped = await runCli([...args, "--stop", stop, "--hide_prompt"]);
+    assert.equal(stopped.code, 0, stopped.stderr);
+    assert.equal(stopped.stdout.trimEnd(), continuation.slice(0, continuation.indexOf(stop)).trimEnd());
+    assert.match(stopped.stderr, /stopped: stop_string/);
+  });
+
+  it("says when a checkpoint is converted on first use, and where to; --tokenizer names its tokenizer", async (t) => {
+    const files = sharedFiles(t, "models/stories260K/stories260K.bin", "models/stories260K/tok512.bin");
+    if (!files) return;
+    const [checkpoint, tokenizer] = files;
+    const env = { ...process.env, ATTENTION_SINKS_CACHE: join(root, "conversions") };
+    const args = ["generate", "--model_name_or_path", checkpoint, "--tokenizer", tokenizer, "--prompt", "Once", "--max_new_tokens", "3"];
+    const first = await runCli(args, { env });
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, new RegExp(`^converting ${checkpoint.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} on first use into ${join(root, "conversions")}/[0-9a-f]{64}$`, "m"));
+    const second = await runCli(args, { env });
+    assert.equal(second.code, 0, second.stderr);
+    assert.doesNotMatch(second.stderr, /converting/);
   });
 });

@@ -4,7 +4,8 @@
  */
 import { parseArgs } from "node:util";
 
-export type FlagType = "string" | "integer" | "number" | "boolean" | "list";
+/** `list`: values after the flag, split at spaces and commas (`--features a b`); `strings`: one value per use of the flag. */
+export type FlagType = "string" | "integer" | "number" | "boolean" | "list" | "strings";
 
 export interface FlagSpec {
   type: FlagType;
@@ -26,7 +27,7 @@ type FlagValueOf<F extends FlagSpec> = F["type"] extends "boolean"
   ? boolean
   : F["type"] extends "integer" | "number"
     ? number
-    : F["type"] extends "list"
+    : F["type"] extends "list" | "strings"
       ? F["choices"] extends readonly (infer C)[]
         ? C[]
         : string[]
@@ -69,7 +70,7 @@ type RawValue = string | number | boolean | readonly string[] | undefined;
 export function parseCommandLine<S extends FlagSpecs>(spec: CommandSpec<S>, argv: readonly string[]): ParsedArgs<S> {
   const options: Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }> = { help: { type: "boolean", short: "h" } };
   for (const [name, flag] of Object.entries(spec.flags)) {
-    options[name] = flag.type === "boolean" ? { type: "boolean" } : { type: "string", multiple: flag.type === "list" };
+    options[name] = flag.type === "boolean" ? { type: "boolean" } : { type: "string", multiple: flag.type === "list" || flag.type === "strings" };
   }
   let parsed;
   try {
@@ -168,6 +169,10 @@ function joinListValues(spec: CommandSpec<FlagSpecs>, argv: readonly string[]): 
 
 function convert(name: string, flag: FlagSpec, raw: string | boolean | string[]): RawValue {
   if (flag.type === "boolean") return raw as boolean;
+  if (flag.type === "strings") {
+    for (const item of raw as string[]) checkChoice(name, flag, item);
+    return raw as string[];
+  }
   if (flag.type === "list") {
     const items = (raw as string[]).flatMap((item) => item.split(/[\s,]+/)).filter(Boolean);
     for (const item of items) checkChoice(name, flag, item);

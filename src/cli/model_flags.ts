@@ -20,6 +20,7 @@ export const MODEL_FLAG = flags({
     metavar: "PATH",
     description: "the model: a transformers.js model directory, a checkpoint the package converts, or a Hub id (required)",
   },
+  tokenizer: { type: "string", metavar: "FILE", description: "the tokenizer.bin of a llama2.c checkpoint (default: the one beside it)" },
 });
 
 export const EXPERIMENT_FLAG = flags({
@@ -86,6 +87,8 @@ export async function loadBackend(values: ModelFlags, extra: Pick<BackendLoadOpt
       window_size: values.window_size,
       dtype: values.dtype,
       device: values.device,
+      tokenizer: values.tokenizer,
+      onConvert: (source, target) => process.stderr.write(`converting ${source} on first use into ${target}\n`),
     });
   } catch (error) {
     if (error instanceof AttentionSinkOptionError) throw sizeUsageError(values, error);

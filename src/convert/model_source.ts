@@ -18,6 +18,8 @@ export interface ResolveModelSourceOptions {
   cacheDir?: string;
   /** The tokenizer of a llama2.c checkpoint; by default the one `tokenizer.bin` / `tok*.bin` beside it. */
   tokenizer?: string;
+  /** Called before a checkpoint is converted (its first use), with where the conversion goes. */
+  onConvert?: (source: string, target: string) => void;
 }
 
 /** Where converted checkpoints are kept: `$ATTENTION_SINKS_CACHE`, else ~/.cache/attention-sinks/converted. */
@@ -64,6 +66,7 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
   try {
     const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));
     if (isTransformersJsDirectory(target)) return target;
+    options.onConvert?.(nameOrPath, target);
     try {
       await writeModelDirectory(checkpoint, target);
     } catch (error) {

@@ -10,14 +10,14 @@ import { experimentCache, type CacheSizes, type Experiment } from "../backend/ex
 import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
-import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
+import { checkTokenizerFiles, resolveModelSource, type ResolveModelSourceOptions } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
 import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
 import { cacheStats } from "./stream_registry.js";
 
-export interface BackendLoadOptions extends CacheSizes {
+export interface BackendLoadOptions extends CacheSizes, Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> {
   experiment?: Experiment;
   dtype?: DataType;
   device?: DeviceType;
@@ -162,14 +162,18 @@ export class DenseStream extends TransformersStream {
 }
 
 /** What `from_pretrained` gets for a model name: its resolved source, and offline when it is on disk. */
-export async function pretrainedSource(nameOrPath: string, revision?: string): Promise<{ path: string; files: { local_files_only?: boolean; revision?: string } }> {
-  const path = await resolveModelSource(nameOrPath);
+export async function pretrainedSource(
+  nameOrPath: string,
+  revision?: string,
+  conversion: Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> = {},
+): Promise<{ path: string; files: { local_files_only?: boolean; revision?: string } }> {
+  const path = await resolveModelSource(nameOrPath, conversion);
   return { path, files: { ...(existsSync(path) ? { local_files_only: true } : {}), ...(revision === undefined ? {} : { revision }) } };
 }
 
 /** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
 export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
-  const { path, files } = await pretrainedSource(nameOrPath, options.revision);
+  const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert });
   if (files.local_files_only) checkTokenizerFiles(path);
   const tokenizer = await transformers.AutoTokenizer.from_pretrained(path, files);
   const model = await transformers.AutoModelForCausalLM.from_pretrained(path, {

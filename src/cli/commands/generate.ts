@@ -65,6 +65,8 @@ const spec = {
   flags: flags({
     ...MODEL_FLAG,
     prompt: { type: "string", metavar: "TEXT", description: "the text to continue (default: read from stdin)" },
+    hide_prompt: { type: "boolean", description: "write only the continuation, not the prompt before it" },
+    stop: { type: "strings", metavar: "TEXT", description: "stop once the text contains TEXT, which is not written (repeat for several)" },
     max_new_tokens: { type: "integer", min: 1, default: 1000, metavar: "N", description: "tokens to generate at most (any number: memory stays constant)" },
     min_new_tokens: { type: "integer", min: 0, default: 0, metavar: "N", description: "suppress end-of-sequence tokens until N tokens are generated" },
     ...CACHE_FLAGS,
@@ -104,11 +106,12 @@ export const generateCommand = defineCommand(spec, async ({ flags: values }) => 
   const sample = (tokens: number) => streamSample(tokens, (performance.now() - started) / 1000, session.stats());
   let result: TurnResult;
   try {
-    text.write(prompt);
+    if (!values.hide_prompt) text.write(prompt);
     result = await session.generate(input_ids, {
       ...sampling,
       max_new_tokens,
       min_new_tokens,
+      stop_strings: values.stop ?? [],
       onText: (piece) => text.write(piece),
       onToken: (tokens) => {
         if (tokens % values.stats_every === 0) stats.write({ event: "progress", ...sample(tokens) });

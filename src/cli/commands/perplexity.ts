@@ -53,6 +53,8 @@ export const perplexityCommand = defineCommand(spec, async ({ flags: values }) =
       {
         experiment,
         model_name_or_path: model,
+        tokenizer: values.tokenizer,
+        onConvert: (source, target) => process.stderr.write(`converting ${source} on first use into ${target}\n`),
         revision: values.revision,
         dtype: values.dtype,
         device: values.device,
