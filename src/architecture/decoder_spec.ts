@@ -2,7 +2,7 @@
  * The architecture of a decoder-only transformer, as plain data.
  *
  * One description serves three consumers: the ONNX graph builder (`src/onnx`), the plain TypeScript
- * reference forward (`src/reference`) and the checkpoint converters (`src/convert`). Weights are named and
+ * reference forward (`test/support/reference`) and the checkpoint converters (`src/convert`). Weights are named and
  * laid out as in Hugging Face Llama checkpoints (`[out_features, in_features]` for linear layers), so a
  * Llama-family checkpoint maps onto it name for name.
  */
