@@ -67,6 +67,7 @@ export class TokenChooser {
     for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
     let total = 0;
     for (let i = 0; i < logits.length; i++) total += Math.exp(logits[i] - max);
+    if (Number.isNaN(total)) throw nanLogits();
     let threshold = (random.random() as number) * total;
     let last = 0;
     for (let i = 0; i < logits.length; i++) {
@@ -81,6 +82,15 @@ export class TokenChooser {
 
 function argmax(logits: Float32Array): number {
   let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  let nan = Number.isNaN(logits[0]);
+  for (let i = 1; i < logits.length; i++) {
+    if (logits[i] > logits[best]) best = i;
+    else if (logits[i] !== logits[i]) nan = true;
+  }
+  if (nan) throw nanLogits();
   return best;
+}
+
+function nanLogits(): RangeError {
+  return new RangeError("the model returned NaN logits: its weights or config hold non-finite values");
 }

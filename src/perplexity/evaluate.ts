@@ -78,6 +78,9 @@ export async function evaluatePerplexity(
         throw new RangeError(`token id ${ids[i + 1]} is outside the model's vocabulary of ${logits.length}`);
       }
       const nll = tokenNll(logits, ids[i + 1]);
+      if (Number.isNaN(nll)) {
+        throw new RangeError(`the model returned NaN logits at token ${tokens + 1}: its weights or config hold non-finite values`);
+      }
       const latency = (performance.now() - start) / 1000;
       tokens++;
       nllSum += nll;
