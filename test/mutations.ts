@@ -25,8 +25,8 @@
 import { spawn } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { basename, dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename, join, resolve } from "node:path";
+import { repositoryRoot } from "./support/shared_data.js";
 
 interface Mutation {
   id: string;
@@ -61,16 +61,6 @@ interface Result {
 const COPIED = ["src", "test", "bench", "package.json", "tsconfig.json"];
 const DEFAULT_TIMEOUT_S = 900;
 const BUILD_TIMEOUT_S = 300;
-
-function repositoryRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json"))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = parent;
-  }
-  return dir;
-}
 
 const ROOT = repositoryRoot();
 const MUTATIONS_FILE = join(ROOT, "test", "mutations.json");

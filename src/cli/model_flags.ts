@@ -68,6 +68,11 @@ export const SAMPLING_FLAGS = flags({
   seed: { type: "integer", min: 0, metavar: "N", description: "seed the sampler for a reproducible run" },
 });
 
+/** Says on stderr that a checkpoint is being converted (its first use) and where to. */
+export function reportConversion(source: string, target: string): void {
+  process.stderr.write(`converting ${source} on first use into ${target}\n`);
+}
+
 type ModelFlags = FlagValues<typeof MODEL_FLAG & typeof EXPERIMENT_FLAG & typeof CACHE_FLAGS & typeof RUNTIME_FLAGS>;
 
 export function requiredString(value: string | undefined, name: string): string {
@@ -88,7 +93,7 @@ export async function loadBackend(values: ModelFlags, extra: Pick<BackendLoadOpt
       dtype: values.dtype,
       device: values.device,
       tokenizer: values.tokenizer,
-      onConvert: (source, target) => process.stderr.write(`converting ${source} on first use into ${target}\n`),
+      onConvert: reportConversion,
     });
   } catch (error) {
     if (error instanceof AttentionSinkOptionError) throw sizeUsageError(values, error);

@@ -25,7 +25,7 @@ export interface ChoiceOptions extends SamplingOptions {
 }
 
 export class TokenChooser {
-  private readonly penalty: { window: PenaltyWindow; factor: number } | null;
+  private readonly penalty: { window: PenaltyWindow; size: number; factor: number } | null;
   private readonly filter: TopKTopPFilter | null;
   private readonly sample: boolean;
   private readonly temperature: number;
@@ -39,7 +39,7 @@ export class TokenChooser {
     const { do_sample = false, temperature = 1, top_k = 50, top_p = 1, repetition_penalty = 1 } = options;
     if (!(temperature > 0)) throw new RangeError(`temperature must be greater than 0, got ${temperature}`);
     if (!(repetition_penalty > 0)) throw new RangeError(`repetition_penalty must be positive, got ${repetition_penalty}`);
-    this.penalty = repetition_penalty === 1 ? null : { window: new PenaltyWindow(repetitionWindow), factor: repetition_penalty };
+    this.penalty = repetition_penalty === 1 ? null : { window: new PenaltyWindow(repetitionWindow), size: repetitionWindow, factor: repetition_penalty };
     this.sample = do_sample;
     this.temperature = temperature;
     this.filter = do_sample && (top_k > 0 || top_p < 1) ? new TopKTopPFilter(top_k, top_p) : null;
@@ -48,7 +48,9 @@ export class TokenChooser {
 
   /** Takes in tokens fed to the stream (the repetition penalty looks at them). */
   observe(tokens: readonly number[]): void {
-    if (this.penalty) for (const token of tokens) this.penalty.window.add(token);
+    if (!this.penalty) return;
+    // Only the last `size` can still be in the window.
+    for (let i = Math.max(0, tokens.length - this.penalty.size); i < tokens.length; i++) this.penalty.window.add(tokens[i]);
   }
 
   /** The next token, from `logits` (modified in place) after `generated` tokens of this turn. */
@@ -56,7 +58,7 @@ export class TokenChooser {
     if (this.penalty) this.penalty.window.penalize(logits, 0, logits.length, this.penalty.factor);
     if (generated < this.minNewTokens) for (const eos of this.eosTokens) if (eos < logits.length) logits[eos] = -Infinity;
     const token = this.sample ? this.draw(logits) : argmax(logits);
-    this.observe([token]);
+    this.penalty?.window.add(token);
     return token;
   }
 

@@ -128,7 +128,6 @@ export class DenseStream extends TransformersStream {
   readonly endless = false;
   readonly attention_sinks = null;
   private readonly layers: number;
-  private length = 0;
 
   constructor(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, window_tokens: number) {
     super(model, tokenizer, window_tokens);
@@ -143,7 +142,7 @@ export class DenseStream extends TransformersStream {
   /** One pass: a dense cache takes the whole input at once, so `signal` is only checked before it. */
   async feed(tokens: readonly number[], options: FeedOptions = {}): Promise<Float32Array> {
     options.signal?.throwIfAborted();
-    const length = this.length + tokens.length;
+    const length = this.cache.get_seq_length() + tokens.length;
     const attention_mask = new Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
     const out = (await this.model.forward({ input_ids: tokenIds(tokens), attention_mask, past_key_values: this.cache })) as Record<string, Tensor>;
     const presents: Record<string, Tensor> = {};
@@ -151,13 +150,7 @@ export class DenseStream extends TransformersStream {
       for (const part of ["key", "value"] as const) presents[pastName(i, part)] = out[presentName(i, part)];
     }
     this.cache.update(presents);
-    this.length = length;
     return lastRow(out.logits);
-  }
-
-  override reset(): void {
-    super.reset();
-    this.length = 0;
   }
 }
 

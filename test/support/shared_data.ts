@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import type { TestContext } from "node:test";
 
 /** The repository root: the nearest folder above this file with a package.json (tests run from dist/test). */
-function repositoryRoot(): string {
+export function repositoryRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, "package.json"))) {
     const parent = dirname(dir);

@@ -4,7 +4,7 @@ import type { CsvLogWriter } from "../../perplexity/csv.js";
 import { runPerplexity } from "../../perplexity/run.js";
 import { flags } from "../args.js";
 import { defineCommand } from "../command.js";
-import { CACHE_FLAGS, EXPERIMENT_FLAG, MODEL_FLAG, requiredString, RUNTIME_FLAGS, sizeUsageError } from "../model_flags.js";
+import { CACHE_FLAGS, EXPERIMENT_FLAG, MODEL_FLAG, reportConversion, requiredString, RUNTIME_FLAGS, sizeUsageError } from "../model_flags.js";
 import { ProgressBar } from "../progress.js";
 import { handleInterrupts, type InterruptHandler } from "../signals.js";
 
@@ -54,7 +54,7 @@ export const perplexityCommand = defineCommand(spec, async ({ flags: values }) =
         experiment,
         model_name_or_path: model,
         tokenizer: values.tokenizer,
-        onConvert: (source, target) => process.stderr.write(`converting ${source} on first use into ${target}\n`),
+        onConvert: reportConversion,
         revision: values.revision,
         dtype: values.dtype,
         device: values.device,
