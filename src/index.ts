@@ -34,7 +34,7 @@ export {
   type StreamingModel,
   type StreamingModelOptions,
 } from "./transformers/models.js";
-export { enableAttentionSinks, type AttentionSinkModel } from "./transformers/enable.js";
+export { enableAttentionSinks, type AttentionSinkModel, type WithAttentionSinks } from "./transformers/enable.js";
 export { cacheStats, sinkCacheStats } from "./transformers/stream_registry.js";
 export type { StreamingForwardInputs, StreamingForwardOutput } from "./transformers/streaming_forward.js";
 export type { AttentionSinkSettings } from "./cache/streaming_policy.js";
@@ -46,7 +46,7 @@ export {
 } from "./cache/options.js";
 export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
 export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";
-export { ConversionError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
+export { ConversionError, ModelNotFoundError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
 export {
   evaluatePerplexity,
   loadTextSamples,

@@ -2,6 +2,8 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { once } from "node:events";
+import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DynamicCache } from "@huggingface/transformers";
@@ -10,6 +12,7 @@ import {
   AutoModelForCausalLM,
   AutoTokenizer,
   LlamaForCausalLM,
+  ModelNotFoundError,
   SinkCacheError,
   UnsupportedModelError,
   pipeline,
@@ -133,6 +136,32 @@ describe("errors", () => {
     }
   });
 
+  it("a model that is not on disk is reported as not found locally, and as unreachable on the Hub", async () => {
+    const { remoteHost, allowRemoteModels } = transformers.env;
+    // A loopback port nobody listens on stands in for an unreachable Hub.
+    const server = createServer().listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as AddressInfo;
+    server.close();
+    Object.assign(transformers.env, { remoteHost: `http://127.0.0.1:${port}/`, allowRemoteModels: true });
+    try {
+      const cases: [string, RegExp][] = [
+        ["./no/such/model", /^\.\/no\/such\/model: not found locally \(no file or folder of that name\)$/],
+        ["foo/bar/baz", /^foo\/bar\/baz: not found locally, and not a Hugging Face Hub model id either/],
+        ["models/tiny", /^models\/tiny: not found locally, and the Hugging Face Hub, where it would be a model id, cannot be reached \(.*ECONNREFUSED.*\); .*\(\.\/models\/tiny for a relative path\)$/],
+      ];
+      for (const [id, message] of cases) {
+        for (const load of [() => AutoModelForCausalLM.from_pretrained(id), () => AutoTokenizer.from_pretrained(id), () => pipeline("text-generation", id)]) {
+          await assert.rejects(load(), (e: Error) => e instanceof ModelNotFoundError && message.test(e.message));
+        }
+      }
+      Object.assign(transformers.env, { allowRemoteModels: false });
+      await assert.rejects(AutoModelForCausalLM.from_pretrained("owner/name"), /^ModelNotFoundError: owner\/name: not found locally, and the Hugging Face Hub is off/);
+    } finally {
+      Object.assign(transformers.env, { remoteHost, allowRemoteModels });
+    }
+  });
+
   it("position_ids and empty inputs are refused", async () => {
     const f = await fixture("llama");
     const model = await AutoModelForCausalLM.from_pretrained(f.dir, { local_files_only: true });
@@ -185,6 +214,37 @@ describe("drop-in entry points", () => {
     const plain = await transformers.pipeline("text-generation", dir, { local_files_only: true });
     const [{ generated_text: unbounded }] = await (plain as unknown as typeof pipe)("once upon a time", { max_new_tokens: 30, do_sample: false });
     assert.notEqual(generated_text, unbounded, "a cache of 8 tokens must change a 30-token continuation");
+  });
+
+  it("pipeline() runs prompts of unequal length one at a time, and chats without a template in the plain format", async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "attention-sinks-pipeline-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await writeTinyTextModel(dir, "llama", { seed: 5 });
+    const options = { local_files_only: true, attention_sink_size: 2, attention_sink_window_size: 6 };
+    type Output = { generated_text: string | { role: string; content: string }[] }[];
+    const pipe = (await pipeline("text-generation", dir, options)) as unknown as (input: unknown, options: object) => Promise<Output | Output[]>;
+    const generation = { max_new_tokens: 12, do_sample: false };
+    const prompts = ["once upon a time there was", "a"];
+    const batched = (await pipe(prompts, generation)) as Output[];
+    assert.equal(batched.length, 2);
+    for (const [index, prompt] of prompts.entries()) assert.deepEqual(batched[index], await pipe(prompt, generation));
+
+    const tokenizer = await AutoTokenizer.from_pretrained(dir);
+    assert.equal(tokenizer.chat_template, null);
+    const messages = [
+      { role: "user", content: "once upon a time" },
+      { role: "assistant", content: "there was" },
+      { role: "user", content: "a" },
+    ];
+    const [reply] = (await pipe(messages, generation)) as Output;
+    const conversation = reply.generated_text as { role: string; content: string }[];
+    assert.deepEqual(conversation.slice(0, 3), messages);
+    // What the model writes after the plain transcript, through the model directly.
+    const model = await AutoModelForCausalLM.from_pretrained(dir, options);
+    const inputs = tokenizer("User: once upon a time\nAssistant: there was\nUser: a\nAssistant:");
+    const sequences = (await model.generate({ ...inputs, ...generation })) as transformers.Tensor;
+    const ids = Array.from(sequences.data as BigInt64Array, Number).slice(inputs.input_ids.dims[1]);
+    assert.deepEqual(conversation[3], { role: "assistant", content: tokenizer.decode(ids, { skip_special_tokens: true }).trim() });
   });
 
   it("defaults to 4 sinks and a 1020 window where the model addresses that many positions", async () => {

@@ -251,7 +251,7 @@ describe("datasets", () => {
     assert.deepEqual(await collect(loadTextSamples({ dataset_name: join(dir, "rows.json"), data_column: "story" })), ["c", "d"]);
     assert.deepEqual(await collect(loadTextSamples({ dataset_name: join(dir, "lines.json") })), ["e", "f"]);
     assert.deepEqual(await collect(loadTextSamples({ dataset_name: join(dir, "rows.parquet"), data_column: "content" })), texts);
-    await assert.rejects(collect(loadTextSamples({ dataset_name: join(dir, "rows.jsonl"), data_column: "body" })), /no text column "body" \(its columns: text, id\); choose one with --data_column/);
+    await assert.rejects(collect(loadTextSamples({ dataset_name: join(dir, "rows.jsonl"), data_column: "body" })), /has no column "body" \(its columns: text, id\); choose one with --data_column/);
     await assert.rejects(collect(loadTextSamples({ dataset_name: join(dir, "rows.parquet") })), /has no column "text" \(its columns: content\)/);
     await writeFile(join(dir, "bad.jsonl"), '{"text": "a"}\n{"text": \n');
     await assert.rejects(collect(loadTextSamples({ dataset_name: join(dir, "bad.jsonl") })), /bad\.jsonl, line 2: not valid JSON/);

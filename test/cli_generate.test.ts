@@ -70,7 +70,7 @@ describe("generate: help and usage errors", () => {
     assert.match(unknown.stderr, /^attention-sinks generate: unknown option '--max_tokens'; did you mean --max_new_tokens\?$/m);
     assert.match(misused.stderr, /^attention-sinks generate: --temperature only applies to sampling: add --do_sample$/m);
     assert.equal(missing.code, 1);
-    assert.match(missing.stderr, /no-such-model: does not exist/);
+    assert.match(missing.stderr, /no-such-model: not found locally \(no file or folder of that name\)/);
   });
 
   it("every value the command cannot use is a usage error that names the flag", async () => {

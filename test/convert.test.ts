@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { AutoModelForCausalLM, AutoTokenizer, env, Tensor, type PreTrainedModel } from "@huggingface/transformers";
-import { convertCheckpoint, ConversionError, resolveModelSource } from "../src/convert/index.js";
+import { convertCheckpoint, ConversionError, ModelNotFoundError, resolveModelSource } from "../src/convert/index.js";
 import { writeModelDirectory } from "../src/convert/convert.js";
 import { openCheckpoint } from "../src/convert/formats.js";
 import { sharedFiles, sharedReference } from "./support/shared_data.js";
@@ -147,8 +147,8 @@ describe("resolveModelSource", () => {
   test("passes Hub ids through and refuses missing local paths", async () => {
     assert.equal(await resolveModelSource("Xenova/llama2.c-stories15M"), "Xenova/llama2.c-stories15M");
     await assert.rejects(resolveModelSource(join(work, "missing.gguf")), (error: Error) => {
-      assert.ok(error instanceof ConversionError);
-      assert.match(error.message, /missing\.gguf: does not exist/);
+      assert.ok(error instanceof ModelNotFoundError);
+      assert.match(error.message, /missing\.gguf: not found locally \(no file or folder of that name\)/);
       return true;
     });
   });

@@ -37,6 +37,14 @@ function defaultCompactionInterval(capacity: number): number {
 
 export class AttentionSinkOptionError extends RangeError {
   override name = "AttentionSinkOptionError";
+
+  constructor(
+    message: string,
+    /** When the cache is too large for the model: the most tokens (sink + window) it may hold. */
+    readonly max_cache_tokens?: number,
+  ) {
+    super(message);
+  }
 }
 
 const OPTION_NAMES = new Set<string>([
@@ -100,6 +108,7 @@ export function resolveSinkPolicy(options: AttentionSinkOptions, budget: Positio
       `attention_sink_size + attention_sink_window_size = ${sink_size} + ${window_size} = ${capacity} exceeds the ` +
         `${maxPositions} positions this model addresses (max_position_embeddings); ` +
         `use attention_sink_window_size <= ${Math.max(1, maxPositions - sink_size)}`,
+      maxPositions,
     );
   }
   const requested =

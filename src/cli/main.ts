@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `attention-sinks` command line: a thin layer over the library API. */
+import { describeFileError } from "../platform/output_paths.js";
 import { readFileSync } from "node:fs";
 import { helpText, UsageError, usageLine } from "./args.js";
 import type { Command } from "./command.js";
@@ -53,7 +54,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`attention-sinks ${name}: ${error.message}\n${usageLine(command.spec)}\nRun \`attention-sinks ${name} --help\` for details.\n`);
       return 2;
     }
-    process.stderr.write(`attention-sinks ${name}: ${(error as Error).message}\n`);
+    process.stderr.write(`attention-sinks ${name}: ${describeFileError(error) ?? (error as Error).message}\n`);
     return 1;
   }
 }

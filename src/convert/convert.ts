@@ -9,6 +9,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { weightShapes } from "../architecture/decoder_spec.js";
 import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
 import type { Checkpoint } from "./checkpoint.js";
+import { ensureParentDirectory } from "../platform/output_paths.js";
 import { ConversionError } from "./errors.js";
 import { openCheckpoint } from "./formats.js";
 
@@ -47,7 +48,7 @@ export async function writeModelDirectory(
   if (existsSync(target) && (!statSync(target).isDirectory() || readdirSync(target).length > 0)) {
     throw new ConversionError(outDir, "already exists and is not an empty directory");
   }
-  mkdirSync(dirname(target), { recursive: true });
+  ensureParentDirectory(outDir);
   // mkdirSync (not mkdtemp, which makes it private) so the renamed directory gets the usual permissions.
   const staging = join(dirname(target), `.${basename(target)}.partial-${randomBytes(6).toString("hex")}`);
   mkdirSync(staging);

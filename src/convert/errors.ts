@@ -17,3 +17,16 @@ export class ConversionError extends Error {
     super(`${file}: ${problem}`, options);
   }
 }
+
+/** A model named by a path or id that is neither on this machine nor, as an id, reachable on the Hub. */
+export class ModelNotFoundError extends Error {
+  override name = "ModelNotFoundError";
+
+  constructor(
+    readonly model: string,
+    problem: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${model}: ${problem}`, options);
+  }
+}

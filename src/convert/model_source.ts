@@ -8,10 +8,11 @@ import { open } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkDirectory } from "../platform/output_paths.js";
 import { writeModelDirectory } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { checkModelFiles } from "./model_directory.js";
-import { ConversionError } from "./errors.js";
+import { ModelNotFoundError } from "./errors.js";
 
 export interface ResolveModelSourceOptions {
   /** Where converted models are kept. Default `~/.cache/attention-sinks/converted`. */
@@ -55,7 +56,10 @@ function converterVersion(): string {
  */
 export async function resolveModelSource(nameOrPath: string, options: ResolveModelSourceOptions = {}): Promise<string> {
   if (!existsSync(nameOrPath)) {
-    if (looksLikeLocalPath(nameOrPath)) throw new ConversionError(nameOrPath, "does not exist");
+    if (looksLikeLocalPath(nameOrPath)) throw new ModelNotFoundError(nameOrPath, "not found locally (no file or folder of that name)");
+    if (!HUB_ID.test(nameOrPath) || nameOrPath.includes("..") || nameOrPath.includes("--")) {
+      throw new ModelNotFoundError(nameOrPath, 'not found locally, and not a Hugging Face Hub model id either (those are "name" or "owner/name")');
+    }
     return nameOrPath;
   }
   if (isTransformersJsDirectory(nameOrPath)) {
@@ -64,8 +68,10 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
   }
   const checkpoint = openCheckpoint(nameOrPath, options.tokenizer);
   try {
-    const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, await contentKey(checkpoint.inputs));
+    const cacheDir = options.cacheDir ?? DEFAULT_CONVERSION_CACHE;
+    const target = resolve(cacheDir, await contentKey(checkpoint.inputs));
     if (isTransformersJsDirectory(target)) return target;
+    checkDirectory(cacheDir, "the conversion cache (set by ATTENTION_SINKS_CACHE)");
     options.onConvert?.(nameOrPath, target);
     try {
       await writeModelDirectory(checkpoint, target);
@@ -83,6 +89,9 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
 function isTransformersJsDirectory(path: string): boolean {
   return existsSync(join(path, "config.json")) && existsSync(join(path, "onnx")) && statSync(join(path, "onnx")).isDirectory();
 }
+
+/** A Hub model id: `name` or `owner/name`, of letters, digits, `-`, `_` and `.`. */
+const HUB_ID = /^[A-Za-z0-9][\w.-]*(\/[\w.-]+)?$/;
 
 /** Hub ids look like `owner/name`; anything absolute, relative-marked or with a checkpoint suffix is a path. */
 function looksLikeLocalPath(name: string): boolean {

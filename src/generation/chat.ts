@@ -60,7 +60,7 @@ export class Chat {
 
   private plainTurn(message: string): string {
     const previous = this.previous;
-    if (previous === null) return `User: ${message}\nAssistant:`;
+    if (previous === null) return plainTranscript([{ role: "user", content: message }]);
     // A reply cut at the marker has already streamed it.
     return previous.result.stopped === "stop_string" ? ` ${message}\nAssistant:` : `${PLAIN_USER_MARKER} ${message}\nAssistant:`;
   }
@@ -90,6 +90,12 @@ export class Chat {
     }
     return delta;
   }
+}
+
+/** A conversation in the plain format, ending where the assistant speaks next: `User: ...\nAssistant:`. */
+export function plainTranscript(messages: readonly ChatMessage[]): string {
+  const lines = messages.map(({ role, content }) => `${role.charAt(0).toUpperCase()}${role.slice(1)}: ${content}`);
+  return `${lines.join("\n")}\nAssistant:`;
 }
 
 function render(tokenizer: TextTokenizer, messages: ChatMessage[], add_generation_prompt: boolean): string {

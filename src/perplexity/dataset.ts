@@ -7,7 +7,8 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { extname, join, relative, sep } from "node:path";
 import { env } from "@huggingface/transformers";
-import { asyncBufferFromFile, asyncBufferFromUrl, parquetMetadataAsync, parquetReadObjects, parquetSchema, type AsyncBuffer } from "hyparquet";
+import type { AsyncBuffer } from "hyparquet";
+import { requireOptionalDependencies } from "../platform/optional_dependency.js";
 
 export interface DatasetOptions {
   /** A `.txt`, `.jsonl`, `.json` or `.parquet` file, a folder of them, or a Hub dataset id. */
@@ -64,12 +65,31 @@ function localFiles(path: string, options: DatasetOptions): string[] {
   const named = files.filter((file) => relative(root, file).split(sep).some((part) => part === split || part.startsWith(`${split}.`) || part.startsWith(`${split}-`)));
   const chosen = named.length > 0 ? named : files;
   if (chosen.length === 0) throw new DatasetError(`${path} holds no .txt, .jsonl, .json or .parquet file`);
-  return chosen;
+  return oneFormat(path, chosen);
+}
+
+/**
+ * The files of the format most of them have, as the datasets library reads a folder (a `reference.json`
+ * beside the `.txt` files is not a sample); a tie is ambiguous, and the user names the file.
+ */
+function oneFormat(path: string, files: string[]): string[] {
+  const byFormat = new Map<string, string[]>();
+  for (const file of files) byFormat.set(extname(file), [...(byFormat.get(extname(file)) ?? []), file]);
+  if (byFormat.size === 1) return files;
+  const counts = [...byFormat.values()].map((group) => group.length);
+  const most = Math.max(...counts);
+  const formats = [...byFormat].filter(([, group]) => group.length === most);
+  if (formats.length === 1) return formats[0][1];
+  const listing = [...byFormat]
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([format, group]) => `${format}: ${group.map((file) => relative(path, file)).join(", ")}`).join("; ");
+  throw new DatasetError(`${path} holds as many files of one format as of another (${listing}); give the file to read with --dataset_name`);
 }
 
 async function* fileSamples(file: string, column: string): AsyncGenerator<string> {
   const extension = extname(file);
   if (extension === ".parquet") {
+    const { asyncBufferFromFile } = await parquetReader();
     yield* parquetSamples(await asyncBufferFromFile(file), file, column);
     return;
   }
@@ -112,14 +132,29 @@ function columnText(row: unknown, column: string, where: string): string {
   if (typeof row !== "object" || row === null || Array.isArray(row)) throw new DatasetError(`${where} is not an object with a "${column}" column`);
   const value = (row as Record<string, unknown>)[column];
   if (typeof value !== "string") {
+    if (column in row) throw new DatasetError(`${where}: its "${column}" column holds ${describeValue(value)}, not text; choose a text column with --data_column`);
     const columns = Object.keys(row).join(", ");
-    throw new DatasetError(`${where} has no text column "${column}" (its columns: ${columns}); choose one with --data_column`);
+    throw new DatasetError(`${where} has no column "${column}" (its columns: ${columns || "none"}); choose one with --data_column`);
   }
   return value;
 }
 
+function describeValue(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "a list";
+  return typeof value === "object" ? "an object" : `a ${typeof value} (${String(value)})`;
+}
+
+async function parquetReader(): Promise<typeof import("hyparquet")> {
+  requireOptionalDependencies("Reading parquet datasets", ["hyparquet"]);
+  return import("hyparquet");
+}
+
 async function* parquetSamples(file: AsyncBuffer, name: string, column: string): AsyncGenerator<string> {
-  const metadata = await parquetMetadataAsync(file);
+  const { parquetMetadataAsync, parquetReadObjects, parquetSchema } = await parquetReader();
+  const metadata = await parquetMetadataAsync(file).catch((error: Error) => {
+    throw new DatasetError(`${name}: not a readable parquet file (${error.message})`);
+  });
   const columns = parquetSchema(metadata).children.map((child) => child.element.name);
   if (!columns.includes(column)) {
     throw new DatasetError(`${name} has no column "${column}" (its columns: ${columns.join(", ")}); choose one with --data_column`);
@@ -152,5 +187,6 @@ async function* hubSamples(id: string, task: string, split: string, column: stri
   }
   if (!response.ok) throw unreachable(`the Hub answered ${response.status} for configuration "${task}", split "${split}" (see --task and --split)`);
   const urls = (await response.json()) as string[];
+  const { asyncBufferFromUrl } = await parquetReader();
   for (const url of urls) yield* parquetSamples(await asyncBufferFromUrl({ url }), url, column);
 }

@@ -7,6 +7,8 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, extname, join } from "node:path";
 import type { TopLevelSpec } from "vega-lite";
+import { requireOptionalDependencies } from "../platform/optional_dependency.js";
+import { ensureFileTarget } from "../platform/output_paths.js";
 import { OutputExistsError, parseBenchmarkCsv, type BenchmarkColumns } from "./csv.js";
 
 export const PLOT_FEATURES = ["perplexity", "memory", "latency"] as const;
@@ -41,7 +43,7 @@ const HEIGHT = 360;
 const EXTRA_AXIS_OFFSET = 70;
 /** The plot's font, shipped as a package so the PNG renders the same on every machine. */
 const FONT = "DejaVu Sans";
-const FONT_FILES = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"].map((file) => createRequire(import.meta.url).resolve(`dejavu-fonts-ttf/ttf/${file}`));
+const FONT_FILES = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"];
 
 interface FeatureStyle {
   column: string;
@@ -69,8 +71,8 @@ export function readExperimentTables(dir: string): ExperimentTable[] {
   return files.map((name) => ({ experiment: basename(name, ".csv"), columns: parseBenchmarkCsv(readFileSync(join(dir, name), "utf8"), join(dir, name)) }));
 }
 
-/** The Vega-Lite spec of the plot. */
-export function plotSpec(tables: readonly ExperimentTable[], options: PlotOptions = {}): TopLevelSpec {
+/** The Vega-Lite spec of the plot (typed loosely here: Vega-Lite is an optional dependency). */
+export function plotSpec(tables: readonly ExperimentTable[], options: PlotOptions = {}): Record<string, unknown> {
   const features = options.features ?? ["perplexity", "memory"];
   const skip = options.skip_first ?? 100;
   const limit = options.log_perplexity_limit ?? 5;
@@ -143,20 +145,22 @@ export function plotSpec(tables: readonly ExperimentTable[], options: PlotOption
     layer: layers,
     resolve: { scale: { y: "independent" } },
     config: { font: FONT, legend: { orient: "bottom", direction: "vertical", columns: 2 } },
-  };
+  } satisfies TopLevelSpec;
 }
 
 /** The plot as SVG text and PNG bytes (rendered at twice the SVG's size). */
 export async function renderPlot(tables: readonly ExperimentTable[], options: PlotOptions = {}): Promise<{ svg: string; png: Uint8Array }> {
+  requireOptionalDependencies("Plotting", ["vega", "vega-lite", "@resvg/resvg-js", "dejavu-fonts-ttf"]);
   // Loaded here, not with the module: they would add half a second to every command of the CLI.
   const [{ parse: parseVega, View }, { compile }, { Resvg }] = await Promise.all([import("vega"), import("vega-lite"), import("@resvg/resvg-js")]);
-  const view = new View(parseVega(compile(plotSpec(tables, options)).spec), { renderer: "none" });
+  const fontFiles = FONT_FILES.map((file) => createRequire(import.meta.url).resolve(`dejavu-fonts-ttf/ttf/${file}`));
+  const view = new View(parseVega(compile(plotSpec(tables, options) as unknown as TopLevelSpec).spec), { renderer: "none" });
   const svg = await view.toSVG();
   view.finalize();
   const png = new Resvg(svg, {
     fitTo: { mode: "zoom", value: 2 },
     background: "white",
-    font: { loadSystemFonts: false, fontFiles: FONT_FILES, defaultFontFamily: FONT, sansSerifFamily: FONT },
+    font: { loadSystemFonts: false, fontFiles, defaultFontFamily: FONT, sansSerifFamily: FONT },
   })
     .render()
     .asPng();
@@ -185,6 +189,7 @@ export async function writePlot(
   if (existing.length > 0 && !options.overwrite) {
     throw new OutputExistsError(`${existing.join(" and ")} already exist${existing.length === 1 ? "s" : ""}; pass --overwrite to replace ${existing.length === 1 ? "it" : "them"}`);
   }
+  for (const path of [paths.svg, paths.png]) ensureFileTarget(path);
   const { svg, png } = await renderPlot(tables, options);
   writeFileSync(paths.svg, svg);
   writeFileSync(paths.png, png);

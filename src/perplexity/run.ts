@@ -2,7 +2,8 @@
  * One perplexity experiment from end to end, as `attention-sinks perplexity` runs it: the dataset's first
  * samples, tokenized, streamed through the experiment's model, one CSV row per evaluated token.
  */
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import { checkDirectory, ensureDirectory } from "../platform/output_paths.js";
 import { join } from "node:path";
 import { CsvLogWriter, OutputExistsError } from "./csv.js";
 import { DatasetError, loadTextSamples, type DatasetOptions } from "./dataset.js";
@@ -65,6 +66,7 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
   const csv = join(options.output_dir, `${options.experiment}.csv`);
   const overwrite = options.overwrite ?? false;
   if (!overwrite && existsSync(csv)) throw new OutputExistsError(`${csv} already exists; pass --overwrite to replace it`);
+  checkDirectory(options.output_dir);
   // The sizes given are checked before anything is read (the model's default window is not needed for that).
   experimentCache(options.experiment, options, () => 1);
 
@@ -96,7 +98,7 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
     }
   }
 
-  mkdirSync(options.output_dir, { recursive: true });
+  ensureDirectory(options.output_dir);
   const writer = new CsvLogWriter(csv, { overwrite });
   hooks.onCsv?.(writer);
   try {

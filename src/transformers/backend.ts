@@ -10,7 +10,7 @@ import { experimentCache, type CacheSizes, type Experiment } from "../backend/ex
 import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
-import { checkTokenizerFiles, resolveModelSource, type ResolveModelSourceOptions } from "../convert/index.js";
+import { checkTokenizerFiles, ModelNotFoundError, resolveModelSource, type ResolveModelSourceOptions } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
 import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
@@ -164,16 +164,40 @@ export async function pretrainedSource(
   return { path, files: { ...(existsSync(path) ? { local_files_only: true } : {}), ...(revision === undefined ? {} : { revision }) } };
 }
 
+/**
+ * Runs a transformers.js load of a resolved source. A name that is not on disk went to the Hub as a model id;
+ * when the Hub cannot be reached, transformers.js says only "fetch failed", so this says what was looked for.
+ */
+export async function loadingFrom<T>(path: string, load: () => Promise<T>): Promise<T> {
+  if (!existsSync(path) && !transformers.env.allowRemoteModels) {
+    throw new ModelNotFoundError(path, "not found locally, and the Hugging Face Hub is off (transformers.js env.allowRemoteModels is false)");
+  }
+  try {
+    return await load();
+  } catch (error) {
+    if (existsSync(path) || !(error instanceof TypeError) || error.message !== "fetch failed") throw error;
+    const cause = (error.cause as Error | undefined)?.message;
+    throw new ModelNotFoundError(
+      path,
+      `not found locally, and the Hugging Face Hub, where it would be a model id, cannot be reached${cause ? ` (${cause})` : ""}; ` +
+        `give the path of a model folder or checkpoint on this machine (./${path} for a relative path)`,
+      { cause: error },
+    );
+  }
+}
+
 /** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
 export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
   const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert });
   if (files.local_files_only) checkTokenizerFiles(path);
-  const tokenizer = await transformers.AutoTokenizer.from_pretrained(path, files);
-  const model = await transformers.AutoModelForCausalLM.from_pretrained(path, {
-    ...files,
-    ...(options.dtype === undefined ? {} : { dtype: options.dtype }),
-    ...(options.device === undefined ? {} : { device: options.device }),
-  });
+  const tokenizer = await loadingFrom(path, () => transformers.AutoTokenizer.from_pretrained(path, files));
+  const model = await loadingFrom(path, () =>
+    transformers.AutoModelForCausalLM.from_pretrained(path, {
+      ...files,
+      ...(options.dtype === undefined ? {} : { dtype: options.dtype }),
+      ...(options.device === undefined ? {} : { device: options.device }),
+    }),
+  );
   const experiment = options.experiment ?? "attention_sinks";
   // Plain transformers.js runs any model, streamable or not: its window only sizes the repetition penalty.
   const defaultWindow = (sinks: number) =>

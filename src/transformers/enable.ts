@@ -10,13 +10,20 @@ import { decoderSession } from "./decoder_contract.js";
 import { finishTurn, nextStepInputs, prepareTurnInputs } from "./generation_hooks.js";
 import { StreamingDecoder, type StreamingForwardInputs, type StreamingForwardOutput } from "./streaming_forward.js";
 
-/** The model surface this package adds or changes. */
+/** The model surface this package adds or changes: calling the model is its forward pass. */
 export interface AttentionSinkModel {
+  (inputs: StreamingForwardInputs): Promise<StreamingForwardOutput>;
   readonly attention_sinks: AttentionSinkSettings;
   forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput>;
 }
 
-export function enableAttentionSinks<M extends PreTrainedModel>(model: M, options: AttentionSinkOptions = {}): M & AttentionSinkModel {
+/**
+ * A transformers.js model with attention sinks. The streaming signatures come first, so TypeScript picks them
+ * over transformers.js's `Promise<any>` ones, and the model stays assignable to the transformers.js class.
+ */
+export type WithAttentionSinks<M extends PreTrainedModel> = AttentionSinkModel & M;
+
+export function enableAttentionSinks<M extends PreTrainedModel>(model: M, options: AttentionSinkOptions = {}): WithAttentionSinks<M> {
   const decoder = new StreamingDecoder(decoderSession(model), model.config as unknown as ModelConfig, options);
   const target = model as unknown as Record<string, unknown>;
   Object.defineProperty(target, "attention_sinks", { value: decoder.settings, enumerable: false });
@@ -31,5 +38,5 @@ export function enableAttentionSinks<M extends PreTrainedModel>(model: M, option
   };
   target._update_model_kwargs_for_generation = ({ generated_input_ids, model_inputs }: { generated_input_ids: bigint[][]; model_inputs: Record<string, unknown> }) =>
     nextStepInputs(model_inputs, generated_input_ids);
-  return model as M & AttentionSinkModel;
+  return model as unknown as WithAttentionSinks<M>;
 }

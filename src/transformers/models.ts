@@ -5,15 +5,16 @@
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
 import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
-import { pretrainedSource } from "./backend.js";
+import { loadingFrom, pretrainedSource } from "./backend.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
-import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
+import { enableAttentionSinks, type WithAttentionSinks } from "./enable.js";
+import { streamTextGenerationPipeline } from "./text_generation_pipeline.js";
 
 /** transformers.js loading options plus the attention-sink options. */
 export type StreamingModelOptions = PretrainedModelOptions & AttentionSinkOptions;
 
 /** A loaded streaming decoder: the transformers.js model, streaming. */
-export type StreamingModel = PreTrainedModel & AttentionSinkModel;
+export type StreamingModel = WithAttentionSinks<PreTrainedModel>;
 
 interface PretrainedLoader {
   from_pretrained(id: string, options?: PretrainedModelOptions): Promise<PreTrainedModel>;
@@ -25,7 +26,7 @@ function streamingLoader<B extends PretrainedLoader>(Base: B) {
     static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
       const { sink, rest } = splitSinkOptions(options);
       const { path, files } = await pretrainedSource(id);
-      const model = await Base.from_pretrained(path, { ...files, ...rest });
+      const model = await loadingFrom(path, () => Base.from_pretrained(path, { ...files, ...rest }));
       return enableAttentionSinks(model, sink);
     }
     /** Models loaded through this class are instances of the transformers.js class. */
@@ -69,13 +70,13 @@ export class AutoTokenizer {
   ): ReturnType<typeof transformers.AutoTokenizer.from_pretrained> {
     const { path, files } = await pretrainedSource(id);
     if (files.local_files_only) checkTokenizerFiles(path);
-    return transformers.AutoTokenizer.from_pretrained(path, { ...files, ...options });
+    return loadingFrom(path, () => transformers.AutoTokenizer.from_pretrained(path, { ...files, ...options }));
   }
 }
 
 /**
  * transformers.js `pipeline`, with attention sinks on its model for `text-generation` (defaults 4 + 1020,
- * or the `attention_sink_*` options given).
+ * or the `attention_sink_*` options given); prompts of unequal length run one at a time.
  */
 export async function pipeline<T extends PipelineType>(
   task: T,
@@ -84,7 +85,9 @@ export async function pipeline<T extends PipelineType>(
 ): ReturnType<typeof transformers.pipeline<T>> {
   const { sink, rest } = splitSinkOptions(options);
   if (task !== "text-generation") return transformers.pipeline(task, model, rest);
-  const pipe = await transformers.pipeline(task, model === undefined ? undefined : await resolveModelSource(model), rest);
+  const source = model === undefined ? undefined : await resolveModelSource(model);
+  const pipe = await (source === undefined ? transformers.pipeline(task, source, rest) : loadingFrom(source, () => transformers.pipeline(task, source, rest)));
   enableAttentionSinks((pipe as unknown as { model: PreTrainedModel }).model, sink);
+  streamTextGenerationPipeline(pipe as unknown as Parameters<typeof streamTextGenerationPipeline>[0]);
   return pipe;
 }

@@ -8,6 +8,7 @@ import { random } from "@huggingface/transformers";
 import type { StreamingBackend } from "../../backend/backend.js";
 import type { SamplingOptions } from "../../generation/decoding.js";
 import { GenerationSession, type TurnResult } from "../../generation/session.js";
+import { ensureFileTarget } from "../../platform/output_paths.js";
 import { flags, UsageError, type FlagValues } from "../args.js";
 import { defineCommand } from "../command.js";
 import { count, formatBytes } from "../format.js";
@@ -25,7 +26,9 @@ export const OUTPUT_FLAGS = flags({
 export function checkOutputFiles(values: FlagValues<typeof OUTPUT_FLAGS>): void {
   for (const name of ["output", "stats_json"] as const) {
     const path = values[name];
-    if (path !== undefined && existsSync(path) && !values.overwrite) throw new UsageError(`--${name} ${path} already exists; pass --overwrite to replace it`);
+    if (path === undefined) continue;
+    if (existsSync(path) && !values.overwrite) throw new UsageError(`--${name} ${path} already exists; pass --overwrite to replace it`);
+    ensureFileTarget(path);
   }
 }
 
