@@ -16,6 +16,7 @@ import { readGgufCheckpoint } from "../src/convert/gguf_llama.js";
 import type { GgufValue } from "../src/convert/gguf.js";
 import { loadTransformersBackend } from "../src/transformers/backend.js";
 import { tinyLlamaGguf, writeTinyLlamaDirectory } from "./support/checkpoint_files.js";
+import { runCli } from "./support/cli.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 
 const work = mkdtempSync(join(tmpdir(), "attention-sinks-values-"));
@@ -109,6 +110,16 @@ describe("impossible numbers are refused where they are read, naming the file an
       }
     }
     assert.equal((await (await loadTransformersBackend(original)).feed([1, 2])).length, 64);
+  });
+
+  it("the command line reports such a value in one line, naming the file and the field, and exits 1", async () => {
+    const dir = fresh("cli-config");
+    await writeTinyTextModel(dir, "llama", { seed: 1 });
+    await setRaw(dir, "rope_theta", "-1");
+    const run = await runCli(["generate", "--model_name_or_path", dir, "--prompt", "the cat", "--max_new_tokens", "2"]);
+    assert.equal(run.code, 1);
+    assert.equal(run.stderr, `attention-sinks generate: ${join(dir, "config.json")}: rope_theta is -1, expected a finite positive number\n`);
+    assert.equal(run.stdout, "");
   });
 });
 
