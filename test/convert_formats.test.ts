@@ -25,6 +25,7 @@ import { readSafetensors } from "../src/convert/safetensors.js";
 import { sentencePieceTokenizerFiles } from "../src/convert/sentencepiece_tokenizer.js";
 import { float32ToFloat16Bits } from "../src/onnx/float16.js";
 import { KeyRotation, ropeInverseFrequencies, type RopeSpec } from "../src/positions/rope.js";
+import { ByteWriter, floatBytes, GGML, safetensorsFile, writeGguf, type GgufTensorData } from "./support/checkpoint_files.js";
 import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 env.allowRemoteModels = false;
@@ -47,40 +48,6 @@ function assertSameTensors(actual: Map<string, WeightTensor>, expected: Map<stri
     assert.ok(Buffer.from(actual.get(name)!.data.buffer).equals(Buffer.from(tensor.data.buffer)), `${name} differs`);
   }
 }
-
-/** Little-endian bytes, appended. */
-class ByteWriter {
-  private readonly parts: Uint8Array[] = [];
-  length = 0;
-
-  bytes(bytes: Uint8Array): this {
-    this.parts.push(bytes.slice());
-    this.length += bytes.length;
-    return this;
-  }
-
-  private scalar(size: number, write: (view: DataView) => void): this {
-    const bytes = new Uint8Array(size);
-    write(new DataView(bytes.buffer));
-    return this.bytes(bytes);
-  }
-
-  u8 = (value: number) => this.scalar(1, (v) => v.setUint8(0, value));
-  i32 = (value: number) => this.scalar(4, (v) => v.setInt32(0, value, true));
-  u32 = (value: number) => this.scalar(4, (v) => v.setUint32(0, value, true));
-  u64 = (value: number) => this.scalar(8, (v) => v.setBigUint64(0, BigInt(value), true));
-  f32 = (value: number) => this.scalar(4, (v) => v.setFloat32(0, value, true));
-
-  padTo(multiple: number): this {
-    return this.bytes(new Uint8Array((multiple - (this.length % multiple)) % multiple));
-  }
-
-  finish(): Uint8Array {
-    return Buffer.concat(this.parts);
-  }
-}
-
-const floatBytes = (values: Float32Array) => new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
 
 /** The value of an f16 bit pattern, computed here independently of the code under test. */
 function halfValue(bits: number): number {
@@ -199,60 +166,6 @@ describe("llama2.c exports", () => {
 });
 
 describe("GGUF", () => {
-  const GGML = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 8, BF16: 30 } as const;
-
-  interface GgufTensorData {
-    name: string;
-    dims: number[];
-    type: number;
-    data: Uint8Array;
-  }
-
-  /** A GGUF file. Metadata value types follow the JavaScript values (integers as u32 / i32, others f32). */
-  function writeGguf(version: 2 | 3, metadata: Map<string, GgufValue>, tensors: GgufTensorData[], alignment = 32): Uint8Array {
-    const writer = new ByteWriter().u32(0x46554747).u32(version).u64(tensors.length).u64(metadata.size);
-    const string = (text: string) => {
-      const bytes = new TextEncoder().encode(text);
-      writer.u64(bytes.length).bytes(bytes);
-    };
-    const typeOf = (value: GgufValue): number => {
-      if (typeof value === "string") return 8;
-      if (typeof value === "boolean") return 7;
-      if (Array.isArray(value)) return 9;
-      return Number.isInteger(value) ? ((value as number) < 0 ? 5 : 4) : 6;
-    };
-    const write = (type: number, value: GgufValue): void => {
-      if (type === 8) string(value as string);
-      else if (type === 7) writer.u8(value ? 1 : 0);
-      else if (type === 4) writer.u32(value as number);
-      else if (type === 5) writer.i32(value as number);
-      else if (type === 6) writer.f32(value as number);
-      else {
-        const items = value as GgufValue[];
-        const types = new Set(items.map(typeOf));
-        const elementType = types.has(8) ? 8 : types.has(6) ? 6 : types.has(5) ? 5 : 4;
-        writer.u32(elementType).u64(items.length);
-        for (const item of items) write(elementType, item);
-      }
-    };
-    for (const [key, value] of metadata) {
-      string(key);
-      writer.u32(typeOf(value));
-      write(typeOf(value), value);
-    }
-    let offset = 0;
-    for (const tensor of tensors) {
-      string(tensor.name);
-      writer.u32(tensor.dims.length);
-      for (const size of tensor.dims) writer.u64(size);
-      writer.u32(tensor.type).u64(offset);
-      offset += Math.ceil(tensor.data.length / alignment) * alignment;
-    }
-    writer.padTo(alignment);
-    for (const tensor of tensors) writer.bytes(tensor.data).padTo(alignment);
-    return writer.finish();
-  }
-
   /** Bytes of `values` stored as `type`, and the float values a correct reader must get back. */
   function encode(type: number, values: Float32Array): { data: Uint8Array; decoded: Float32Array } {
     const decoded = new Float32Array(values.length);
@@ -322,7 +235,7 @@ describe("GGUF", () => {
     }
     const meta = new Map(metadata);
     if (alignment !== 32) meta.set("general.alignment", alignment);
-    return { stored: writeGguf(version, meta, stored, alignment), expected: writeGguf(version, meta, expected, alignment), metadata };
+    return { stored: writeGguf(version, meta, stored, { alignment }), expected: writeGguf(version, meta, expected, { alignment }), metadata };
   }
 
   const read = (bytes: Uint8Array, name = "model.gguf") => readGgufCheckpoint(memorySource(name, bytes));
@@ -380,24 +293,6 @@ describe("GGUF", () => {
 });
 
 describe("Hugging Face directories", () => {
-  /** A safetensors file of `tensors` stored as `dtype` (BF16 truncates, which is exact for this model). */
-  function safetensorsFile(tensors: [string, WeightTensor][], dtype: "F32" | "BF16" | "I32"): Uint8Array {
-    const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
-    const data: Uint8Array[] = [];
-    let offset = 0;
-    for (const [name, tensor] of tensors) {
-      const bytes =
-        dtype === "BF16"
-          ? new Uint8Array(Uint16Array.from(new Uint32Array(tensor.data.slice().buffer), (bits) => bits >>> 16).buffer)
-          : floatBytes(tensor.data.slice());
-      header[name] = { dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes.length] };
-      data.push(bytes);
-      offset += bytes.length;
-    }
-    const json = new TextEncoder().encode(JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8));
-    return new ByteWriter().u64(json.length).bytes(json).bytes(Buffer.concat(data)).finish();
-  }
-
   /** A model directory with the shared model's configuration and tokenizer and the given weight files. */
   function modelDirectory(name: string, sharedDir: string, weightFiles: Record<string, Uint8Array | string>): string {
     const dir = join(work, name);

@@ -170,8 +170,9 @@ function runFuzz(name: string, target: FuzzTarget): void {
     if (cpuMs > MAX_CASE_CPU_MS) unexpected.push(`case ${i} (${mutation.description}) took ${cpuMs.toFixed(0)} ms of CPU`);
   }
   assert.deepEqual(unexpected, [], `${name}: seed ${SEED}`);
-  // Enough cases got past the header to exercise tensor reading too.
-  assert.ok(reachedTensors > CASES_PER_FORMAT / 10, `${name}: only ${reachedTensors} cases read tensors`);
+  // Enough cases got past the header to exercise tensor reading too. (Fewer than a mutation's odds suggest:
+  // appended bytes and most offset edits break the tensor layout, which is refused before any tensor is read.)
+  assert.ok(reachedTensors > CASES_PER_FORMAT / 20, `${name}: only ${reachedTensors} cases read tensors`);
   const growth = process.memoryUsage().rss - rssBefore;
   assert.ok(growth < MAX_RSS_GROWTH_BYTES, `${name}: RSS grew by ${growth} bytes`);
 }

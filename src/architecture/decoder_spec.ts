@@ -6,7 +6,7 @@
  * laid out as in Hugging Face Llama checkpoints (`[out_features, in_features]` for linear layers), so a
  * Llama-family checkpoint maps onto it name for name.
  */
-import type { RopeSpec } from "../positions/rope.js";
+import { ropeValuesProblem, type RopeSpec } from "../positions/rope.js";
 
 /** How token positions enter the model. */
 export type PositionSpec =
@@ -111,17 +111,18 @@ export function validateDecoderSpec(spec: DecoderSpec): void {
     fail(`num_heads (${spec.num_heads}) must be a multiple of num_kv_heads (${spec.num_kv_heads})`);
   }
   if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
-  if (!(spec.norm_eps >= 0)) fail(`norm_eps must be a non-negative number, got ${spec.norm_eps}`);
+  if (!(Number.isFinite(spec.norm_eps) && spec.norm_eps >= 0)) fail(`norm_eps must be a finite non-negative number, got ${spec.norm_eps}`);
   if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
   const positions = spec.positions;
   switch (positions.kind) {
     case "rope": {
-      const { head_dim, rotary_dim, theta, layout } = positions.rope;
+      const { head_dim, rotary_dim, theta, scaling, layout } = positions.rope;
       if (head_dim !== spec.head_dim) fail(`rope.head_dim (${head_dim}) differs from head_dim (${spec.head_dim})`);
       if (!Number.isInteger(rotary_dim) || rotary_dim < 2 || rotary_dim % 2 !== 0 || rotary_dim > head_dim) {
         fail(`rope.rotary_dim must be even and in [2, head_dim = ${head_dim}], got ${rotary_dim}`);
       }
-      if (!(theta > 0)) fail(`rope.theta must be positive, got ${theta}`);
+      const ropeProblem = ropeValuesProblem(theta, scaling);
+      if (ropeProblem) fail(ropeProblem);
       if (layout !== "rotate_half" && layout !== "interleaved") fail(`unknown rope.layout ${String(layout)}`);
       break;
     }

@@ -8,6 +8,7 @@
 import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from "node:fs";
 import { endianness } from "node:os";
 import { ConversionError } from "./errors.js";
+import { describeDuplicateKey, findDuplicateKey } from "./json_keys.js";
 
 /** Random access to the bytes of one checkpoint: a file, or memory in tests. */
 export interface ByteSource {
@@ -295,9 +296,13 @@ function readTextFile(path: string, maxBytes: number): string {
 export function readJsonFile(path: string, maxBytes: number): { text: string; value: unknown } {
   const text = readTextFile(path, maxBytes);
   if (text.trim() === "") throw new ConversionError(path, "is empty: it should hold JSON");
+  let value: unknown;
   try {
-    return { text, value: JSON.parse(text) };
+    value = JSON.parse(text);
   } catch (error) {
     throw new ConversionError(path, `is not valid JSON (${(error as Error).message})`);
   }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate) throw new ConversionError(path, `has the key ${describeDuplicateKey(duplicate)} twice: say each value once`);
+  return { text, value };
 }

@@ -10,6 +10,8 @@ export interface TensorEntry {
   readonly shape: readonly number[];
   /** Why the data cannot be converted (an unsupported dtype), when the header already tells. */
   readonly problem?: string;
+  /** The tensor's own name in the file, where the format names it otherwise (GGUF's `output.weight`). */
+  readonly stored_name?: string;
   load(): WeightTensor;
 }
 

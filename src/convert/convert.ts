@@ -5,13 +5,14 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import { weightShapes } from "../architecture/decoder_spec.js";
 import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { ensureParentDirectory } from "../platform/output_paths.js";
 import { ConversionError } from "./errors.js";
 import { openCheckpoint } from "./formats.js";
+import { checkConfigFile, checkTokenizerFiles } from "./model_directory.js";
 
 export interface ConvertOptions {
   /** The llama2.c tokenizer file; by default the one `tokenizer.bin` / `tok*.bin` beside the checkpoint. */
@@ -54,6 +55,7 @@ export async function writeModelDirectory(
   mkdirSync(staging);
   try {
     for (const [name, text] of checkpoint.files) writeFileSync(join(staging, name), text);
+    checkStagedFiles(checkpoint, staging);
     mkdirSync(join(staging, "onnx"));
     const exports: ["fp32" | "fp16", string][] = [["fp32", "model.onnx"]];
     if (options.dtype === "fp16") exports.push(["fp16", "model_fp16.onnx"]);
@@ -64,6 +66,8 @@ export async function writeModelDirectory(
         const entry = checkpoint.tensors.get(name);
         if (!entry) throw new ConversionError(checkpoint.source, `the weight ${name} is missing`);
         const tensor = entry.load();
+        const described = entry.stored_name === undefined ? name : `${name} (${entry.stored_name} in the file)`;
+        checkWeightValues(checkpoint.source, described, tensor.data, options.dtype ?? "fp32");
         options.onProgress?.(++done, total);
         return tensor;
       },
@@ -84,5 +88,66 @@ export async function writeModelDirectory(
   } catch (error) {
     rmSync(staging, { recursive: true, force: true });
     throw error;
+  }
+}
+
+/**
+ * The JSON files as transformers.js will read them, checked before the long export, so a source whose
+ * tokenizer cannot serve the model fails here, naming the source, and never reaches the conversion cache.
+ */
+function checkStagedFiles(checkpoint: Checkpoint, staging: string): void {
+  let tokens: number;
+  try {
+    checkConfigFile(staging);
+    tokens = checkTokenizerFiles(staging);
+  } catch (error) {
+    if (!(error instanceof ConversionError)) throw error;
+    throw new ConversionError(checkpoint.source, `its ${relative(staging, error.file)} ${error.problem}`, { cause: error });
+  }
+  // Real tokenizers may cover a little less than a padded embedding; half of it is a truncated or wrong file.
+  const { vocab_size } = checkpoint.spec;
+  if (tokens < vocab_size / 2) {
+    throw new ConversionError(
+      checkpoint.source,
+      `its tokenizer.json covers ${tokens} token ids, but the model has a vocabulary of ${vocab_size}: ` +
+        "the tokenizer is truncated or belongs to another model",
+    );
+  }
+}
+
+/** float32 magnitudes from here up round to Infinity in float16 (its largest finite value is 65504). */
+const FLOAT16_OVERFLOW = 65520;
+
+/**
+ * Refuses a weight that holds NaN or an infinity (a corrupt checkpoint: every output would be NaN, decoded
+ * as endless `<unk>`), or, for an fp16 export, a value float16 cannot hold. One pass over data the converter
+ * holds anyway.
+ */
+function checkWeightValues(source: string, weight: string, data: Float32Array, dtype: "fp32" | "fp16"): void {
+  let largest = 0;
+  let largestAt = 0;
+  for (let i = 0; i < data.length; i++) {
+    const magnitude = Math.abs(data[i]);
+    // NaN fails every comparison, so it is caught by this one.
+    if (!(magnitude < Infinity)) {
+      let bad = 0;
+      for (let j = i; j < data.length; j++) if (!Number.isFinite(data[j])) bad++;
+      throw new ConversionError(
+        source,
+        `the weight ${weight} holds ${data[i]} at index ${i} (${bad} of its ${data.length} values are not finite): ` +
+          "the checkpoint is corrupt, and a model made from it would compute NaN",
+      );
+    }
+    if (magnitude > largest) {
+      largest = magnitude;
+      largestAt = i;
+    }
+  }
+  if (dtype === "fp16" && largest >= FLOAT16_OVERFLOW) {
+    throw new ConversionError(
+      source,
+      `the weight ${weight} holds ${data[largestAt]} at index ${largestAt}, beyond float16's largest value 65504: ` +
+        "an fp16 export would store it as Infinity; convert with dtype fp32 (the default)",
+    );
   }
 }

@@ -44,7 +44,8 @@ export const CHECKPOINT_FORMATS: readonly CheckpointFormat[] = [
     name: "GGUF",
     suffixes: [".gguf"],
     separate_tokenizer: false,
-    detect: (path, isDirectory) => !isDirectory && hasGgufMagic(path),
+    // By name too, so a .gguf file with a damaged magic is reported as a bad GGUF file, not read as llama2.c.
+    detect: (path, isDirectory) => !isDirectory && (path.endsWith(".gguf") || hasGgufMagic(path)),
     read: (path, open) => readGgufCheckpoint(open(path)),
   },
   {

@@ -134,9 +134,7 @@ export function readGguf(reader: BoundedReader): GgufFile {
     metadata.set(key, readValue(cursor.u32(`metadata ${key} type`), `metadata ${key}`, 0));
   }
   const alignment = metadata.get("general.alignment") ?? DEFAULT_ALIGNMENT;
-  if (typeof alignment !== "number" || !Number.isInteger(alignment) || alignment < 1 || (alignment & (alignment - 1)) !== 0) {
-    throw reader.fail(`general.alignment ${alignment} is not a power of two`);
-  }
+  if (!isPowerOfTwo(alignment)) throw reader.fail(`general.alignment ${describeGgufValue(alignment)} is not a power of two`);
 
   const described: Omit<GgufTensorInfo, "offset" | "byteLength">[] = [];
   const relativeOffsets: number[] = [];
@@ -156,21 +154,57 @@ export function readGguf(reader: BoundedReader): GgufFile {
     relativeOffsets.push(cursor.u64(`tensor ${name} offset`));
   }
 
-  const dataStart = Math.ceil(cursor.offset / alignment) * alignment;
+  const dataStart = alignUp(cursor.offset, alignment);
+  // As llama.cpp requires: the tensors' data in the order they are described, each starting where the one
+  // before ends, rounded up to the alignment. So no two overlap, none hides a gap, and a type or shape that
+  // does not match its bytes moves the next offset.
+  let expectedOffset = 0;
   const tensors = described.map((info, i): GgufTensorInfo => {
     const { name, dims, type } = info;
     const count = reader.checkedProduct(dims, `tensor ${name}`);
     if (dims[0] % type.blockSize !== 0) {
       throw reader.fail(`tensor ${name}: ${type.name} needs rows of whole ${type.blockSize}-value blocks, not ${dims[0]}`);
     }
-    if (relativeOffsets[i] % alignment !== 0) {
-      throw reader.fail(`tensor ${name}: offset ${relativeOffsets[i]} is not a multiple of the alignment ${alignment}`);
+    const byteLength = (count / type.blockSize) * type.blockBytes;
+    if (relativeOffsets[i] !== expectedOffset) {
+      const after = i === 0 ? "the data section starts" : `the data of tensor ${described[i - 1].name} ends (aligned to ${alignment})`;
+      throw reader.fail(
+        `tensor ${name}: its data offset is ${relativeOffsets[i]}, but ${after} at ${expectedOffset}: ` +
+          "tensor data overlaps, is out of order or leaves a gap, or a tensor's type or shape does not match its bytes",
+      );
     }
-    const tensor = { ...info, offset: dataStart + relativeOffsets[i], byteLength: (count / type.blockSize) * type.blockBytes };
+    const tensor = { ...info, offset: dataStart + relativeOffsets[i], byteLength };
     reader.checkRange(tensor.offset, tensor.byteLength, `tensor ${name}`);
+    expectedOffset = alignUp(relativeOffsets[i] + byteLength, alignment);
     return tensor;
   });
+  // Bytes past the last tensor's padding belong to no tensor: the tensor count is lower than what the file
+  // holds (which would also move the data start), or the last tensor's type or shape is wrong.
+  const dataEnd = dataStart + expectedOffset;
+  if (reader.size > dataEnd) {
+    throw reader.fail(
+      `has ${reader.size - dataEnd} bytes after the data of its ${tensorCount} tensors: the tensor count or a tensor's ` +
+        "type or shape does not match the data (a corrupt or truncated header)",
+    );
+  }
   return { version, metadata, tensors };
+}
+
+function alignUp(offset: number, alignment: number): number {
+  return Math.ceil(offset / alignment) * alignment;
+}
+
+/** Exact for every safe integer (a 32-bit `a & (a - 1)` passes 3 * 2^31). */
+function isPowerOfTwo(value: GgufValue): value is number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 1) return false;
+  const big = BigInt(value);
+  return (big & (big - 1n)) === 0n;
+}
+
+/** A metadata value for messages. */
+export function describeGgufValue(value: GgufValue): string {
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  return typeof value === "string" ? JSON.stringify(value.slice(0, 40)) : String(value);
 }
 
 /** The fewest bytes one value of a metadata type can take, to bound array lengths by the file size. */

@@ -9,7 +9,7 @@ import type { WeightTensor } from "../architecture/decoder_spec.js";
 import type { RopeScaling } from "../positions/rope.js";
 import { BoundedReader, type ByteSource } from "./bounded_reader.js";
 import { checkWeightShapes, type Checkpoint, type TensorEntry } from "./checkpoint.js";
-import { readGguf, readGgufTensor, type GgufValue, type GgufTensorInfo, DECODABLE_GGML_TYPES } from "./gguf.js";
+import { describeGgufValue, readGguf, readGgufTensor, type GgufValue, type GgufTensorInfo, DECODABLE_GGML_TYPES } from "./gguf.js";
 import { llamaDecoderSpec, llamaModelFiles, type LlamaModelInfo } from "./hf_llama.js";
 import { withRotateHalfQueryKey } from "./rope_permutation.js";
 import { sentencePieceTokenizerFiles, type PieceKind, type SentencePieceVocab } from "./sentencepiece_tokenizer.js";
@@ -66,8 +66,8 @@ export function readGgufCheckpoint(source: ByteSource): Checkpoint {
       num_heads: heads,
       num_kv_heads: meta.integer("llama.attention.head_count_kv", heads),
       head_dim: keyLength,
-      norm_eps: meta.number("llama.attention.layer_norm_rms_epsilon"),
-      rope_theta: meta.number("llama.rope.freq_base", 10000),
+      norm_eps: meta.positive("llama.attention.layer_norm_rms_epsilon"),
+      rope_theta: meta.positive("llama.rope.freq_base", 10000),
       rope_scaling: ropeScaling(meta),
       tie_word_embeddings: !byName.has("output.weight"),
     },
@@ -86,7 +86,7 @@ export function readGgufCheckpoint(source: ByteSource): Checkpoint {
   checkWeightShapes(reader.name, spec, tensors);
 
   const info: LlamaModelInfo = {
-    maxPositions: meta.integer("llama.context_length"),
+    maxPositions: meta.integer("llama.context_length", undefined, 1),
     bosId: meta.integer("tokenizer.ggml.bos_token_id", 1),
     eosId: meta.integer("tokenizer.ggml.eos_token_id", 2),
   };
@@ -119,6 +119,7 @@ function tensorEntry(reader: BoundedReader, tensor: GgufTensorInfo): TensorEntry
   const decodable = tensor.type.decode !== undefined;
   return {
     shape,
+    stored_name: tensor.name,
     problem: decodable
       ? undefined
       : `${tensor.type.name} tensors cannot be converted (supported: ${DECODABLE_GGML_TYPES.join(", ")})`,
@@ -130,7 +131,7 @@ function ropeScaling(meta: Metadata): RopeScaling | undefined {
   const type = meta.string("llama.rope.scaling.type", "none");
   if (type === "none") return undefined;
   if (type !== "linear") throw meta.reader.fail(`RoPE scaling "${type}" is not supported (supported: none, linear)`);
-  return { rope_type: "linear", factor: meta.number("llama.rope.scaling.factor") };
+  return { rope_type: "linear", factor: meta.positive("llama.rope.scaling.factor") };
 }
 
 /** The SentencePiece vocabulary under `tokenizer.ggml.*`. */
@@ -177,16 +178,18 @@ class Metadata {
       if (fallback === undefined) throw this.reader.fail(`metadata ${key} is missing`);
       return fallback;
     }
-    if (!accept(value)) throw this.reader.fail(`metadata ${key} is ${describe(value)}, expected ${expected}`);
+    if (!accept(value)) throw this.reader.fail(`metadata ${key} is ${describeGgufValue(value)}, expected ${expected}`);
     return value;
   }
 
-  integer(key: string, fallback?: number): number {
-    return this.get(key, "a non-negative integer", (v): v is number => Number.isSafeInteger(v) && (v as number) >= 0, fallback);
+  integer(key: string, fallback?: number, min = 0): number {
+    const expected = min === 0 ? "a non-negative integer" : `an integer of at least ${min}`;
+    return this.get(key, expected, (v): v is number => Number.isSafeInteger(v) && (v as number) >= min, fallback);
   }
 
-  number(key: string, fallback?: number): number {
-    return this.get(key, "a number", (v): v is number => typeof v === "number", fallback);
+  /** A float that must be finite and positive (an epsilon, a base, a factor). */
+  positive(key: string, fallback?: number): number {
+    return this.get(key, "a finite positive number", (v): v is number => typeof v === "number" && Number.isFinite(v) && v > 0, fallback);
   }
 
   string(key: string, fallback?: string): string {
@@ -207,9 +210,4 @@ class Metadata {
     if (!values.every((value) => typeof value === kind)) throw this.reader.fail(`metadata ${key} is not an array of ${kind}s`);
     return values as (K extends "string" ? string : number)[];
   }
-}
-
-function describe(value: GgufValue): string {
-  if (Array.isArray(value)) return `an array of ${value.length}`;
-  return typeof value === "string" ? JSON.stringify(value.slice(0, 40)) : String(value);
 }

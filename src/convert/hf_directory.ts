@@ -70,7 +70,11 @@ function shardFiles(dir: string): string[] {
   if (existsSync(join(dir, SINGLE_FILE))) return [SINGLE_FILE];
   const indexPath = join(dir, INDEX_FILE);
   if (!existsSync(indexPath)) {
-    throw new ConversionError(dir, `has neither ${SINGLE_FILE} nor ${INDEX_FILE} (only safetensors weights are supported)`);
+    throw new ConversionError(
+      dir,
+      `has no ONNX graph (onnx/model.onnx) to load as a transformers.js model, and no ${SINGLE_FILE} or ${INDEX_FILE} ` +
+        "to convert as a Hugging Face checkpoint (only safetensors weights are supported)",
+    );
   }
   const weightMap = (readJsonFile(indexPath, MAX_TOKENIZER_BYTES).value as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== "object" || weightMap === null) throw new ConversionError(indexPath, "has no weight_map object");

@@ -51,6 +51,7 @@ export function llamaDecoderSpec(d: LlamaDimensions, fail: (problem: string) => 
   integer("num_layers", d.num_layers, MAX_LAYERS);
   integer("num_heads", d.num_heads, MAX_WIDTH);
   integer("num_kv_heads", d.num_kv_heads, d.num_heads);
+  if (!(Number.isFinite(d.norm_eps) && d.norm_eps > 0)) throw fail(`the norm epsilon is ${d.norm_eps}, expected a finite positive number`);
   const head_dim = d.head_dim ?? d.hidden_size / d.num_heads;
   if (!(head_dim <= MAX_WIDTH)) throw fail(`head_dim ${head_dim} is over ${MAX_WIDTH}`);
   const spec: DecoderSpec = {
@@ -85,6 +86,7 @@ export function decoderSpecFromLlamaConfig(config: unknown, file: string): Decod
   if (typeof config !== "object" || config === null || Array.isArray(config)) throw fail("is not a JSON object");
   const fields = config as ModelConfig;
   const modelType = fields.model_type;
+  if (modelType === undefined || modelType === null) throw fail(`model_type is missing (supported: ${LLAMA_MODEL_TYPES.join(", ")})`);
   if (typeof modelType !== "string" || !LLAMA_MODEL_TYPES.includes(modelType)) {
     throw fail(`model_type ${JSON.stringify(modelType)} is not supported (supported: ${LLAMA_MODEL_TYPES.join(", ")})`);
   }
@@ -107,9 +109,12 @@ export function decoderSpecFromLlamaConfig(config: unknown, file: string): Decod
   const { rope } = geometry.scheme;
   const number = (key: string, fallback?: number): number => {
     const value = fields[key] ?? fallback;
+    if (value === undefined) throw fail(`${key} is missing`);
     if (typeof value !== "number") throw fail(`${key} is ${JSON.stringify(value)}, expected a number`);
     return value;
   };
+  const normEps = number("rms_norm_eps", 1e-6);
+  if (!(Number.isFinite(normEps) && normEps > 0)) throw fail(`rms_norm_eps is ${normEps}, expected a finite positive number`);
   return llamaDecoderSpec(
     {
       vocab_size: number("vocab_size"),
@@ -119,7 +124,7 @@ export function decoderSpecFromLlamaConfig(config: unknown, file: string): Decod
       num_heads: number("num_attention_heads"),
       num_kv_heads: geometry.num_kv_heads,
       head_dim: geometry.head_dim,
-      norm_eps: number("rms_norm_eps", 1e-6),
+      norm_eps: normEps,
       rope_theta: rope.theta,
       rope_scaling: rope.scaling,
       tie_word_embeddings: fields.tie_word_embeddings === true,

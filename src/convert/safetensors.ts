@@ -4,6 +4,7 @@
  */
 import type { BoundedReader } from "./bounded_reader.js";
 import { decodeUtf8 } from "./bounded_reader.js";
+import { describeDuplicateKey, findDuplicateKey } from "./json_keys.js";
 import type { TensorEntry } from "./checkpoint.js";
 import { readFloats, type FloatEncoding } from "./tensor_data.js";
 
@@ -35,28 +36,36 @@ export function readSafetensors(reader: BoundedReader): Map<string, TensorEntry>
       `the header length ${headerLength} does not fit the file of ${reader.size} bytes (not a safetensors file, or truncated)`,
     );
   }
+  const text = decodeUtf8(reader, cursor.bytes(headerLength, "the header"), "the header");
   let header: unknown;
   try {
-    header = JSON.parse(decodeUtf8(reader, cursor.bytes(headerLength, "the header"), "the header"));
+    header = JSON.parse(text);
   } catch (error) {
     if (error instanceof SyntaxError) throw reader.fail(`the header is not valid JSON (${error.message})`);
     throw error;
   }
   if (!isRecord(header)) throw reader.fail("the header is not a JSON object");
+  const duplicate = findDuplicateKey(text);
+  if (duplicate) throw reader.fail(`the header has the key ${describeDuplicateKey(duplicate)} twice (JSON would keep only the last)`);
 
   const dataStart = 8 + headerLength;
   const dataBytes = reader.size - dataStart;
   const tensors = new Map<string, TensorEntry>();
+  const ranges: { name: string; begin: number; end: number }[] = [];
   for (const [name, info] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const what = `tensor ${name}`;
     if (!isRecord(info)) throw reader.fail(`${what}: the header entry is not an object`);
     const { dtype, shape, data_offsets: offsets } = info;
+    const missing = (field: string) => reader.fail(`${what}: the header entry has no ${field}`);
+    if (dtype === undefined) throw missing("dtype");
     const elementBytes = typeof dtype === "string" ? DTYPE_BYTES.get(dtype) : undefined;
     if (elementBytes === undefined) throw reader.fail(`${what}: unknown dtype ${JSON.stringify(dtype)}`);
+    if (shape === undefined) throw missing("shape");
     if (!Array.isArray(shape) || shape.length > MAX_RANK || !shape.every(isNonNegativeInteger)) {
       throw reader.fail(`${what}: the shape ${JSON.stringify(shape)} is not a list of at most ${MAX_RANK} sizes`);
     }
+    if (offsets === undefined) throw missing("data_offsets");
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegativeInteger)) {
       throw reader.fail(`${what}: data_offsets ${JSON.stringify(offsets)} is not a pair of byte offsets`);
     }
@@ -70,6 +79,7 @@ export function readSafetensors(reader: BoundedReader): Map<string, TensorEntry>
         `${what}: ${dtype} [${shape.join(", ")}] needs ${count * elementBytes} bytes but data_offsets give ${end - begin}`,
       );
     }
+    ranges.push({ name, begin, end });
     const encoding = FLOAT_ENCODINGS.get(dtype as string);
     const problem = encoding ? undefined : `dtype ${dtype} cannot be converted (supported: F32, F16, BF16)`;
     tensors.set(name, {
@@ -81,7 +91,35 @@ export function readSafetensors(reader: BoundedReader): Map<string, TensorEntry>
       },
     });
   }
+  checkDataLayout(reader, ranges, dataBytes);
   return tensors;
+}
+
+/**
+ * As the safetensors library requires: the tensors' byte ranges, in offset order, tile the data section
+ * exactly. Overlapping ranges would read one tensor's bytes as another's; a gap or a short end means the
+ * header does not describe the file it heads.
+ */
+function checkDataLayout(reader: BoundedReader, ranges: { name: string; begin: number; end: number }[], dataBytes: number): void {
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let previous: { name: string; end: number } = { name: "", end: 0 };
+  for (const range of ranges) {
+    if (range.begin < previous.end) {
+      throw reader.fail(
+        `tensor ${range.name}: data_offsets [${range.begin}, ${range.end}] overlap those of tensor ${previous.name}, which end at ${previous.end}`,
+      );
+    }
+    if (range.begin > previous.end) {
+      const before = previous.name === "" ? "the data section starts at 0" : `tensor ${previous.name} ends at ${previous.end}`;
+      throw reader.fail(`tensor ${range.name}: data_offsets start at ${range.begin}, but ${before}: the header leaves a gap`);
+    }
+    previous = range;
+  }
+  if (previous.end !== dataBytes) {
+    throw reader.fail(
+      `the tensors' data ends at byte ${previous.end} of the data section, which has ${dataBytes}: the header does not describe the whole file`,
+    );
+  }
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -2,7 +2,7 @@
  * Model families as rows of data: how each `model_type` encodes positions and lays out its KV cache.
  * Everything the sink cache needs to know about a model comes from its row plus its `config.json`.
  */
-import { ropeInverseFrequencies, type RopeLayout, type RopeScaling, type RopeSpec } from "./rope.js";
+import { ropeInverseFrequencies, ropeValuesProblem, type RopeLayout, type RopeScaling, type RopeSpec } from "./rope.js";
 
 export interface FamilyRow {
   positions: "rope" | "alibi" | "learned";
@@ -84,18 +84,43 @@ function lookup(config: ModelConfig, path: string): unknown {
   return value;
 }
 
+/** A config value for messages: strings quoted, so `"4"` is told apart from 4. */
+function shown(value: unknown): string {
+  return typeof value === "number" ? String(value) : JSON.stringify(value);
+}
+
+/**
+ * The value of the first of `keys` the config sets (null counts as unset). A key that is set must hold a
+ * finite number: a string such as `"4"` or an overflowing `1e400` is refused by name rather than skipped,
+ * which would silently fall back to another key or a default.
+ */
 function firstNumber(config: ModelConfig, keys: readonly string[]): number | undefined {
   for (const key of keys) {
     const value = lookup(config, key);
-    if (typeof value === "number" && Number.isFinite(value)) return value;
+    if (value === undefined || value === null) continue;
+    if (typeof value !== "number" || !Number.isFinite(value)) {
+      throw new UnsupportedModelError(`${key} is ${shown(value)}, expected a finite number`);
+    }
+    return value;
   }
   return undefined;
 }
 
-function requireNumber(config: ModelConfig, keys: readonly string[], what: string): number {
-  const value = firstNumber(config, keys);
+/** As {@link firstNumber}, for a count: a positive integer. */
+function firstCount(config: ModelConfig, keys: readonly string[]): number | undefined {
+  for (const key of keys) {
+    const value = firstNumber(config, [key]);
+    if (value === undefined) continue;
+    if (!Number.isInteger(value) || value < 1) throw new UnsupportedModelError(`${key} is ${value}, expected a positive integer`);
+    return value;
+  }
+  return undefined;
+}
+
+function requireCount(config: ModelConfig, keys: readonly string[], what: string): number {
+  const value = firstCount(config, keys);
   if (value === undefined) {
-    throw new UnsupportedModelError(`config.json has no ${what} (looked for ${keys.join(", ")})`);
+    throw new UnsupportedModelError(`the config has no ${what} (looked for ${keys.join(", ")})`);
   }
   return value;
 }
@@ -107,7 +132,8 @@ function readRopeScaling(config: ModelConfig, maxPositions: number | null, posit
   const type = String(raw.rope_type ?? raw.type ?? "default");
   const num = (key: string, fallback?: number): number => {
     const value = raw[key] ?? fallback;
-    if (typeof value !== "number") throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}`);
+    if (value === undefined) throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}, which is missing`);
+    if (typeof value !== "number") throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}, not ${shown(value)}`);
     return value;
   };
   const original = () => num("original_max_position_embeddings", firstNumber(config, ["original_max_position_embeddings"]) ?? maxPositions ?? undefined);
@@ -170,25 +196,31 @@ function readRopeScaling(config: ModelConfig, maxPositions: number | null, posit
  * factors by it, as transformers does by sequence length).
  */
 export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelGeometry {
-  const model_type = String(config.model_type ?? "");
-  const row = FAMILIES[model_type];
+  if (config.model_type === undefined || config.model_type === null) {
+    throw new UnsupportedModelError(`the config has no model_type. Supported model types: ${SUPPORTED_MODEL_TYPES.join(", ")}`);
+  }
+  const model_type = String(config.model_type);
+  const row = Object.hasOwn(FAMILIES, model_type) ? FAMILIES[model_type] : undefined;
   if (!row) {
     throw new UnsupportedModelError(
       `model_type "${model_type}" is not supported by attention-sinks. Supported model types: ${SUPPORTED_MODEL_TYPES.join(", ")}`,
     );
   }
-  const num_heads = requireNumber(config, ["num_attention_heads", "n_head", "n_heads"], "attention head count");
+  const num_heads = requireCount(config, ["num_attention_heads", "n_head", "n_heads"], "attention head count");
   const num_kv_heads =
-    firstNumber(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ??
+    firstCount(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ??
     (lookup(config, "multi_query") === true ? 1 : num_heads);
-  const hidden = firstNumber(config, ["hidden_size", "n_embd", "d_model"]);
-  const head_dim = firstNumber(config, ["head_dim"]) ?? (hidden !== undefined ? hidden / num_heads : NaN);
+  const hidden = firstCount(config, ["hidden_size", "n_embd", "d_model"]);
+  const head_dim = firstCount(config, ["head_dim"]) ?? (hidden !== undefined ? hidden / num_heads : NaN);
   if (!Number.isInteger(head_dim) || head_dim <= 0) {
-    throw new UnsupportedModelError("config.json gives no usable head_dim (nor hidden_size / num_attention_heads)");
+    throw new UnsupportedModelError(
+      hidden === undefined
+        ? "the config gives no head_dim, nor a hidden_size to divide by the head count"
+        : `the config gives no head_dim, and hidden_size ${hidden} is not a multiple of the ${num_heads} attention heads`,
+    );
   }
-  const num_layers = requireNumber(config, ["num_hidden_layers", "n_layer", "n_layers", "num_layers"], "layer count");
-  const max_positions =
-    firstNumber(config, ["max_position_embeddings", "n_positions", "max_seq_len", "n_ctx", "seq_length"]) ?? null;
+  const num_layers = requireCount(config, ["num_hidden_layers", "n_layer", "n_layers", "num_layers"], "layer count");
+  const max_positions = firstCount(config, ["max_position_embeddings", "n_positions", "max_seq_len", "n_ctx", "seq_length"]) ?? null;
 
   let positions = row.positions;
   if (row.alibi_flag && lookup(config, row.alibi_flag) === true) positions = "alibi";
@@ -208,6 +240,9 @@ export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelG
       theta: firstNumber(config, ["rope_parameters.rope_theta", "rope_theta", "rotary_emb_base"]) ?? 10000,
       scaling: readRopeScaling(config, max_positions, positionsInUse),
     };
+    // The cache re-rotates keys with these values: an impossible one would turn the stream into NaN.
+    const problem = ropeValuesProblem(spec.theta, spec.scaling);
+    if (problem) throw new UnsupportedModelError(problem);
     scheme = { kind: "rope", rope: spec, inverse_frequencies: ropeInverseFrequencies(spec) };
   } else if (positions === "alibi") {
     scheme = { kind: "alibi", positions: row.alibi_positions ?? "mask_cumsum" };

@@ -52,6 +52,46 @@ export interface RopeSpec {
   scaling?: RopeScaling;
 }
 
+/**
+ * What is impossible about a RoPE base and scaling, if anything: a base or factor that is not a finite
+ * positive number turns every rotation (and so every re-rotated cached key) into NaN or nonsense.
+ * @returns the problem, naming the field as `rope_scaling` does, or undefined when the values are usable.
+ */
+export function ropeValuesProblem(theta: number, scaling: RopeScaling | undefined): string | undefined {
+  const positive = (name: string, value: number | undefined) =>
+    value === undefined || (Number.isFinite(value) && value > 0) ? undefined : `${name} is ${value}, expected a finite positive number`;
+  const finite = (name: string, value: number | undefined) =>
+    value === undefined || Number.isFinite(value) ? undefined : `${name} is ${value}, expected a finite number`;
+  const problems = [positive("rope_theta", theta)];
+  if (scaling) {
+    const type = scaling.rope_type;
+    problems.push(positive(`rope_scaling.factor (${type})`, scaling.factor));
+    if (type === "llama3") {
+      problems.push(positive("rope_scaling.low_freq_factor", scaling.low_freq_factor), positive("rope_scaling.high_freq_factor", scaling.high_freq_factor));
+    }
+    if (type === "llama3" || type === "yarn" || type === "longrope") {
+      problems.push(positive("rope_scaling.original_max_position_embeddings", scaling.original_max_position_embeddings));
+    }
+    if (type === "yarn") {
+      problems.push(
+        finite("rope_scaling.beta_fast", scaling.beta_fast),
+        finite("rope_scaling.beta_slow", scaling.beta_slow),
+        positive("rope_scaling.attention_factor", scaling.attention_factor),
+        finite("rope_scaling.mscale", scaling.mscale),
+        finite("rope_scaling.mscale_all_dim", scaling.mscale_all_dim),
+      );
+    }
+    if (type === "longrope") {
+      problems.push(positive("rope_scaling.attention_factor", scaling.attention_factor));
+      for (const name of ["short_factor", "long_factor"] as const) {
+        const bad = scaling[name].findIndex((value) => !(Number.isFinite(value) && value > 0));
+        if (bad >= 0) problems.push(positive(`rope_scaling.${name}[${bad}]`, scaling[name][bad]));
+      }
+    }
+  }
+  return problems.find((problem) => problem !== undefined);
+}
+
 /** The rotation frequency of each pair, as float32 values (what an exported graph holds). */
 export function ropeInverseFrequencies(rope: RopeSpec): Float32Array {
   const dim = rope.rotary_dim;
