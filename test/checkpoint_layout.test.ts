@@ -133,6 +133,13 @@ describe("safetensors layout", () => {
     refused(() => read({ a: { dtype: "F16", shape: [10], data_offsets: [0, 40] } }), "m.safetensors", /tensor a: F16 \[10\] needs 20 bytes but data_offsets give 40/);
   });
 
+  it("names a missing field as missing", () => {
+    const { dtype, shape, data_offsets } = entry(0, 40);
+    refused(() => read({ a: { shape, data_offsets } }), "m.safetensors", /^tensor a: the header entry has no dtype$/);
+    refused(() => read({ a: { dtype, data_offsets } }), "m.safetensors", /^tensor a: the header entry has no shape$/);
+    refused(() => read({ a: { dtype, shape } }), "m.safetensors", /^tensor a: the header entry has no data_offsets$/);
+  });
+
   it("refuses a key given twice, which JSON.parse would resolve silently to the last", () => {
     const twice = `{"a": ${JSON.stringify(entry(0, 40))}, "a": ${JSON.stringify(entry(0, 40))}}`;
     refused(() => read(twice), "m.safetensors", /the header has the key "a" twice/);

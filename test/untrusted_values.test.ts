@@ -6,6 +6,7 @@
  */
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { cp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -204,7 +205,7 @@ describe("messages name what is missing", () => {
     await assert.rejects(loadTransformersBackend(dir), conversionError(dir, /has no ONNX graph \(onnx\/model\.onnx\) to load as a transformers\.js model/));
   });
 
-  it("an empty or directory onnx/model.onnx is named, before onnxruntime reads it", async () => {
+  it("an empty, directory or pipe onnx/model.onnx is named, before onnxruntime reads it", async () => {
     const dir = fresh("empty-onnx");
     await writeTinyTextModel(dir, "llama");
     const graph = join(dir, "onnx", "model.onnx");
@@ -214,6 +215,10 @@ describe("messages name what is missing", () => {
     await mkdir(graph);
     await assert.rejects(loadTransformersBackend(dir), conversionError(graph, /is a directory, not an ONNX graph file/));
     await rm(graph, { recursive: true });
+    // A named pipe would block onnxruntime's read for ever.
+    execFileSync("mkfifo", [graph]);
+    await assert.rejects(loadTransformersBackend(dir), conversionError(graph, /is not a regular file/));
+    await rm(graph);
     await assert.rejects(loadTransformersBackend(dir), conversionError(join(dir, "onnx"), /holds no \.onnx file/));
   });
 
