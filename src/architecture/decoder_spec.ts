@@ -32,11 +32,36 @@ export interface DecoderSpec {
   /** `rms`: RMSNorm (weight only). `layer`: LayerNorm (weight and bias). */
   norm: "rms" | "layer";
   norm_eps: number;
-  /** `swiglu`: down(silu(gate(x)) * up(x)). `gelu`: down(gelu(up(x) + b) ) + b (tanh approximation). */
-  mlp: "swiglu" | "gelu";
+  /**
+   * `swiglu`: down(silu(gate(x)) * up(x)) (Llama). `geglu`: down(gelu_tanh(gate(x)) * up(x)) (Gemma).
+   * `gelu`: down(gelu_tanh(up(x) + b)) + b (GPT-2). `gelu_exact`: down(gelu(up(x))), erf form, no biases (Falcon).
+   */
+  mlp: "swiglu" | "geglu" | "gelu" | "gelu_exact";
   positions: PositionSpec;
   /** When true the output projection reuses `model.embed_tokens.weight`. */
   tie_word_embeddings: boolean;
+  /** Whether the query, key and value projections add a bias (Qwen2). Default false. */
+  qkv_bias?: boolean;
+  /** Multiplies the token embeddings before the first layer (Gemma: sqrt(hidden_size)). Default 1. */
+  embedding_multiplier?: number;
+  /**
+   * `sequential` (default): h = x + attn(norm1(x)), out = h + mlp(norm2(h)). `parallel`: out = x +
+   * attn(norm1(x)) + mlp(norm2(x)) (Falcon's new decoder architecture); `parallel_shared_norm` feeds both
+   * from norm1(x) and has no norm2 (Falcon-7B).
+   */
+  block?: "sequential" | "parallel" | "parallel_shared_norm";
+  /**
+   * Attention the graph itself limits to keys fewer than `size` cache slots behind the query, in `layers`
+   * (Mistral, Phi-3 and Qwen2 windows; Gemma 2 and GPT-Neo local layers). Counted in slots, as exported
+   * graphs count it, not in tokens of the stream.
+   */
+  sliding_window?: SlidingWindow;
+}
+
+export interface SlidingWindow {
+  size: number;
+  /** The layers that apply it, ascending. */
+  layers: readonly number[];
 }
 
 /** A weight tensor: row-major float32 data and its shape. */
@@ -49,8 +74,8 @@ export interface WeightTensor {
 export type DecoderWeights = ReadonlyMap<string, WeightTensor>;
 
 /**
- * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms and `gelu` MLPs
- * (GPT-2 style); attention projections never carry a bias.
+ * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms, `gelu` MLPs
+ * (GPT-2 style) and, with `qkv_bias`, the query, key and value projections.
  */
 export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   const { hidden_size: h, num_heads, num_kv_heads, head_dim, intermediate_size: ffn, vocab_size } = spec;
@@ -64,21 +89,17 @@ export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   for (let i = 0; i < spec.num_layers; i++) {
     const layer = `model.layers.${i}`;
     norm(`${layer}.input_layernorm`);
-    shapes.set(`${layer}.self_attn.q_proj.weight`, [num_heads * head_dim, h]);
-    shapes.set(`${layer}.self_attn.k_proj.weight`, [num_kv_heads * head_dim, h]);
-    shapes.set(`${layer}.self_attn.v_proj.weight`, [num_kv_heads * head_dim, h]);
-    shapes.set(`${layer}.self_attn.o_proj.weight`, [h, num_heads * head_dim]);
-    norm(`${layer}.post_attention_layernorm`);
-    if (spec.mlp === "swiglu") {
-      shapes.set(`${layer}.mlp.gate_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
-    } else {
-      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.up_proj.bias`, [ffn]);
-      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
-      shapes.set(`${layer}.mlp.down_proj.bias`, [h]);
+    for (const [name, heads] of [["q", num_heads], ["k", num_kv_heads], ["v", num_kv_heads]] as const) {
+      shapes.set(`${layer}.self_attn.${name}_proj.weight`, [heads * head_dim, h]);
+      if (spec.qkv_bias) shapes.set(`${layer}.self_attn.${name}_proj.bias`, [heads * head_dim]);
     }
+    shapes.set(`${layer}.self_attn.o_proj.weight`, [h, num_heads * head_dim]);
+    if (spec.block !== "parallel_shared_norm") norm(`${layer}.post_attention_layernorm`);
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") shapes.set(`${layer}.mlp.gate_proj.weight`, [ffn, h]);
+    shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
+    if (spec.mlp === "gelu") shapes.set(`${layer}.mlp.up_proj.bias`, [ffn]);
+    shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
+    if (spec.mlp === "gelu") shapes.set(`${layer}.mlp.down_proj.bias`, [h]);
   }
   norm("model.norm");
   if (!spec.tie_word_embeddings) shapes.set("lm_head.weight", [vocab_size, h]);
@@ -112,7 +133,17 @@ export function validateDecoderSpec(spec: DecoderSpec): void {
   }
   if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
   if (!(spec.norm_eps >= 0)) fail(`norm_eps must be a non-negative number, got ${spec.norm_eps}`);
-  if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
+  if (!["swiglu", "geglu", "gelu", "gelu_exact"].includes(spec.mlp)) fail(`unknown mlp ${String(spec.mlp)}`);
+  const block = spec.block ?? "sequential";
+  if (!["sequential", "parallel", "parallel_shared_norm"].includes(block)) fail(`unknown block ${String(block)}`);
+  const multiplier = spec.embedding_multiplier ?? 1;
+  if (!(multiplier > 0 && Number.isFinite(multiplier))) fail(`embedding_multiplier must be a positive number, got ${multiplier}`);
+  if (spec.sliding_window) {
+    const { size, layers } = spec.sliding_window;
+    if (!Number.isInteger(size) || size < 1) fail(`sliding_window.size must be a positive integer, got ${size}`);
+    const valid = layers.every((layer, i) => Number.isInteger(layer) && layer >= 0 && layer < spec.num_layers && (i === 0 || layer > layers[i - 1]));
+    if (!valid) fail(`sliding_window.layers must be ascending layer indices below num_layers = ${spec.num_layers}, got [${layers.join(", ")}]`);
+  }
   const positions = spec.positions;
   switch (positions.kind) {
     case "rope": {

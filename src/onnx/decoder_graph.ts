@@ -37,6 +37,8 @@ export type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> |
 interface AttentionInputs {
   /** Added to the scores: [batch, 1 or num_heads, sequence_length, total_sequence_length]. */
   bias: string;
+  /** The same, also masking slots at least `sliding_window.size` behind the query (sliding layers only). */
+  slidingBias?: string;
   rotary?: RotaryTables;
 }
 
@@ -120,6 +122,8 @@ class DecoderGraph {
 
     const embedTokens = this.weight("model.embed_tokens.weight");
     let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
+    const multiplier = spec.embedding_multiplier ?? 1;
+    if (multiplier !== 1) hidden = g.op("Mul", [hidden, g.float32([multiplier], [])], "model.embed_tokens.scaled");
     if (spec.positions.kind === "learned") {
       const embedPositions = this.weight("model.embed_positions.weight");
       const positions = g.op("Gather", [embedPositions, "position_ids"], "model.embed_positions.output", [
@@ -194,13 +198,23 @@ class DecoderGraph {
     const attended4d = this.unsqueeze(attended, [1, 2], "attention.attended.4d"); // [B, 1, 1, T]
     const allowed = g.op("And", [causal, attended4d], "attention.allowed"); // [B, 1, n, T]
     const blocked = g.float32([MASKED_SCORE], []);
-    let bias = g.op("Where", [allowed, g.float32([0], []), blocked], "attention.mask_bias");
+    const zero = g.float32([0], []);
+    let bias = g.op("Where", [allowed, zero, blocked], "attention.mask_bias");
+    let slidingBias: string | undefined;
+    if (spec.sliding_window) {
+      const behind = g.op("Sub", [slots.queryColumn, slots.keyRow], "attention.slots_behind"); // [n, T]
+      const inWindow = g.op("Less", [behind, g.int64([spec.sliding_window.size], [])], "attention.in_window");
+      const allowedInWindow = g.op("And", [allowed, inWindow], "attention.allowed_in_window");
+      slidingBias = g.op("Where", [allowedInWindow, zero, blocked], "attention.sliding_mask_bias");
+    }
 
     const positions = spec.positions;
     if (positions.kind === "alibi") {
-      bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
+      const alibi = this.alibiBias(positions.positions, slots);
+      bias = g.op("Add", [alibi, bias], "attention.bias");
+      if (slidingBias) slidingBias = g.op("Add", [alibi, slidingBias], "attention.sliding_bias");
     }
-    return { bias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
+    return { bias, slidingBias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
@@ -297,28 +311,39 @@ class DecoderGraph {
   }
 
   private layer(index: number, x: string, attention: AttentionInputs): string {
+    const { g, spec } = this;
     const prefix = `model.layers.${index}`;
-    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention);
-    const h = this.g.op("Add", [x, attended], `${prefix}.attention_residual`);
-    const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
-    return this.g.op("Add", [h, mlp], `${prefix}.output`);
+    const sliding = spec.sliding_window?.layers.includes(index) ?? false;
+    const bias = sliding ? attention.slidingBias! : attention.bias;
+    const normed = this.norm(`${prefix}.input_layernorm`, x);
+    const attended = this.attention(index, normed, bias, attention.rotary);
+    const h = g.op("Add", [x, attended], `${prefix}.attention_residual`);
+    const block = spec.block ?? "sequential";
+    if (block === "sequential") {
+      const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
+      return g.op("Add", [h, mlp], `${prefix}.output`);
+    }
+    // Parallel: the MLP reads the layer's input, not the attention's output.
+    const mlpInput = block === "parallel" ? this.norm(`${prefix}.post_attention_layernorm`, x) : normed;
+    return g.op("Add", [h, this.mlp(prefix, mlpInput)], `${prefix}.output`);
   }
 
-  private attention(index: number, x: string, inputs: AttentionInputs): string {
+  private attention(index: number, x: string, bias: string, rotary: RotaryTables | undefined): string {
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
     const project = (name: "q" | "k" | "v", count: number) => {
-      const flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      let flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      if (spec.qkv_bias) flat = g.op("Add", [flat, this.weight(`${prefix}.${name}_proj.bias`)], `${prefix}.${name}.biased`);
       const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
       return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
     };
     let queries = project("q", heads);
     let keys = project("k", kvHeads);
     const values = project("v", kvHeads);
-    if (inputs.rotary) {
-      queries = this.rotate(queries, inputs.rotary);
-      keys = this.rotate(keys, inputs.rotary);
+    if (rotary) {
+      queries = this.rotate(queries, rotary);
+      keys = this.rotate(keys, rotary);
     }
     const axis2 = [intAttribute("axis", 2)];
     // present = past + new in the cache's type; attention itself always runs in float32.
@@ -345,7 +370,7 @@ class DecoderGraph {
     ]);
     const groupedScores = g.op("MatMul", [groupedQueries, keysTransposed], `${prefix}.scores.grouped`);
     const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
-    const biased = g.op("Add", [scores, inputs.bias], `${prefix}.scores.biased`);
+    const biased = g.op("Add", [scores, bias], `${prefix}.scores.biased`);
     const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
     const groupedProbabilities = regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`);
     const groupedContext = g.op("MatMul", [groupedProbabilities, allValues], `${prefix}.context.grouped`);
@@ -381,15 +406,27 @@ class DecoderGraph {
     const prefix = `${layerPrefix}.mlp`;
     const linear = (name: string, input: string) =>
       g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
-    if (spec.mlp === "swiglu") {
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") {
       const gate = linear("gate_proj", x);
-      const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`);
-      const product = g.op("Mul", [silu, linear("up_proj", x)], `${prefix}.gated`);
+      const activated =
+        spec.mlp === "swiglu"
+          ? g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`)
+          : this.geluTanh(gate, `${prefix}.gate_gelu`);
+      const product = g.op("Mul", [activated, linear("up_proj", x)], `${prefix}.gated`);
       return linear("down_proj", product);
     }
+    if (spec.mlp === "gelu_exact") return linear("down_proj", this.geluExact(linear("up_proj", x), `${prefix}.gelu`));
     const up = g.op("Add", [linear("up_proj", x), this.weight(`${prefix}.up_proj.bias`)], `${prefix}.up_proj.biased`);
     const activated = this.geluTanh(up, `${prefix}.gelu`);
     return g.op("Add", [linear("down_proj", activated), this.weight(`${prefix}.down_proj.bias`)], `${prefix}.output`);
+  }
+
+  /** 0.5 x (1 + erf(x / sqrt(2))), written out (the Gelu op needs opset 20). */
+  private geluExact(x: string, prefix: string): string {
+    const { g } = this;
+    const erf = g.op("Erf", [g.op("Mul", [x, g.float32([Math.SQRT1_2], [])], `${prefix}.scaled`)], `${prefix}.erf`);
+    const erfPlusOne = g.op("Add", [erf, g.float32([1], [])], `${prefix}.erf_plus_one`);
+    return g.op("Mul", [g.op("Mul", [x, g.float32([0.5], [])], `${prefix}.half_x`), erfPlusOne], `${prefix}.output`);
   }
 
   /** 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), written out (the Gelu op needs opset 20). */
