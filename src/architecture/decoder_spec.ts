@@ -7,6 +7,7 @@
  * Llama-family checkpoint maps onto it name for name.
  */
 import type { RopeSpec } from "../positions/rope.js";
+import type { SlidingWindow } from "../positions/sliding_window.js";
 
 /** How token positions enter the model. */
 export type PositionSpec =
@@ -58,11 +59,6 @@ export interface DecoderSpec {
   sliding_window?: SlidingWindow;
 }
 
-export interface SlidingWindow {
-  size: number;
-  /** The layers that apply it, ascending. */
-  layers: readonly number[];
-}
 
 /** A weight tensor: row-major float32 data and its shape. */
 export interface WeightTensor {
