@@ -25,6 +25,7 @@ import { readSafetensors } from "../src/convert/safetensors.js";
 import { sentencePieceTokenizerFiles } from "../src/convert/sentencepiece_tokenizer.js";
 import { float32ToFloat16Bits } from "../src/onnx/float16.js";
 import { KeyRotation, ropeInverseFrequencies, type RopeSpec } from "../src/positions/rope.js";
+import { safetensorsFile } from "./support/safetensors_file.js";
 import { sharedFiles, sharedReference } from "./support/shared_data.js";
 
 env.allowRemoteModels = false;
@@ -380,24 +381,6 @@ describe("GGUF", () => {
 });
 
 describe("Hugging Face directories", () => {
-  /** A safetensors file of `tensors` stored as `dtype` (BF16 truncates, which is exact for this model). */
-  function safetensorsFile(tensors: [string, WeightTensor][], dtype: "F32" | "BF16" | "I32"): Uint8Array {
-    const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
-    const data: Uint8Array[] = [];
-    let offset = 0;
-    for (const [name, tensor] of tensors) {
-      const bytes =
-        dtype === "BF16"
-          ? new Uint8Array(Uint16Array.from(new Uint32Array(tensor.data.slice().buffer), (bits) => bits >>> 16).buffer)
-          : floatBytes(tensor.data.slice());
-      header[name] = { dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes.length] };
-      data.push(bytes);
-      offset += bytes.length;
-    }
-    const json = new TextEncoder().encode(JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8));
-    return new ByteWriter().u64(json.length).bytes(json).bytes(Buffer.concat(data)).finish();
-  }
-
   /** A model directory with the shared model's configuration and tokenizer and the given weight files. */
   function modelDirectory(name: string, sharedDir: string, weightFiles: Record<string, Uint8Array | string>): string {
     const dir = join(work, name);

@@ -4,7 +4,8 @@
  * One description serves three consumers: the ONNX graph builder (`src/onnx`), the plain TypeScript
  * reference forward (`test/support/reference`) and the checkpoint converters (`src/convert`). Weights are named and
  * laid out as in Hugging Face Llama checkpoints (`[out_features, in_features]` for linear layers), so a
- * Llama-family checkpoint maps onto it name for name.
+ * Llama-family checkpoint maps onto it name for name; other families' names and fused projections are mapped
+ * onto them on conversion (`src/convert/hf_families.ts`).
  */
 import type { RopeSpec } from "../positions/rope.js";
 import type { SlidingWindow } from "../positions/sliding_window.js";
