@@ -121,33 +121,41 @@ function gemmaNames(_spec: DecoderSpec, weights: Weights): Named {
 }
 
 /**
- * Falcon's names; query_key_value holds, for each KV head, its query heads, its key and its value. With
- * `headOnly` the tied matrix is stored as lm_head.weight alone.
+ * Falcon's names; query_key_value holds, for each KV head, its query heads, its key and its value (its bias
+ * likewise). With `headOnly` the tied matrix is stored as lm_head.weight alone.
  */
 function falconNames(headOnly: boolean) {
   return (spec: DecoderSpec, weights: Weights): Named => {
     const { num_heads, num_kv_heads, head_dim } = spec;
     const get = (name: string) => weights.get(name)!;
     const named: Named = [[headOnly ? "lm_head.weight" : "transformer.word_embeddings.weight", get("model.embed_tokens.weight")]];
+    const norms = { parallel: ["ln_attn", "ln_mlp"], sequential: ["input_layernorm", "post_attention_layernorm"], parallel_shared_norm: ["input_layernorm", null] }[spec.block!];
+    const parts = spec.dense_bias ? ["weight", "bias"] : ["weight"];
     for (let i = 0; i < spec.num_layers; i++) {
       const ours = `model.layers.${i}`;
       const theirs = `transformer.h.${i}`;
-      const [attentionNorm, mlpNorm] = spec.block === "parallel" ? ["ln_attn", "ln_mlp"] : ["input_layernorm", null];
       for (const part of ["weight", "bias"]) {
-        named.push([`${theirs}.${attentionNorm}.${part}`, get(`${ours}.input_layernorm.${part}`)]);
-        if (mlpNorm) named.push([`${theirs}.${mlpNorm}.${part}`, get(`${ours}.post_attention_layernorm.${part}`)]);
+        named.push([`${theirs}.${norms[0]}.${part}`, get(`${ours}.input_layernorm.${part}`)]);
+        if (norms[1]) named.push([`${theirs}.${norms[1]}.${part}`, get(`${ours}.post_attention_layernorm.${part}`)]);
       }
       const perGroup = num_heads / num_kv_heads;
-      const groups: WeightTensor[] = [];
-      for (let g = 0; g < num_kv_heads; g++) {
-        groups.push(slice(get(`${ours}.self_attn.q_proj.weight`), g * perGroup * head_dim, perGroup * head_dim));
-        groups.push(slice(get(`${ours}.self_attn.k_proj.weight`), g * head_dim, head_dim));
-        groups.push(slice(get(`${ours}.self_attn.v_proj.weight`), g * head_dim, head_dim));
+      for (const part of parts) {
+        const groups: WeightTensor[] = [];
+        const matrix = (name: string) => {
+          const tensor = get(`${ours}.self_attn.${name}_proj.${part}`);
+          return tensor.shape.length === 2 ? tensor : { shape: [tensor.shape[0], 1], data: tensor.data };
+        };
+        for (let g = 0; g < num_kv_heads; g++) {
+          groups.push(slice(matrix("q"), g * perGroup * head_dim, perGroup * head_dim));
+          groups.push(slice(matrix("k"), g * head_dim, head_dim));
+          groups.push(slice(matrix("v"), g * head_dim, head_dim));
+        }
+        const fused = rows(groups);
+        named.push([`${theirs}.self_attention.query_key_value.${part}`, part === "bias" ? { shape: [fused.shape[0]], data: fused.data } : fused]);
+        named.push([`${theirs}.self_attention.dense.${part}`, get(`${ours}.self_attn.o_proj.${part}`)]);
+        named.push([`${theirs}.mlp.dense_h_to_4h.${part}`, get(`${ours}.mlp.up_proj.${part}`)]);
+        named.push([`${theirs}.mlp.dense_4h_to_h.${part}`, get(`${ours}.mlp.down_proj.${part}`)]);
       }
-      named.push([`${theirs}.self_attention.query_key_value.weight`, rows(groups)]);
-      named.push([`${theirs}.self_attention.dense.weight`, get(`${ours}.self_attn.o_proj.weight`)]);
-      named.push([`${theirs}.mlp.dense_h_to_4h.weight`, get(`${ours}.mlp.up_proj.weight`)]);
-      named.push([`${theirs}.mlp.dense_4h_to_h.weight`, get(`${ours}.mlp.down_proj.weight`)]);
     }
     named.push(["transformer.ln_f.weight", get("model.norm.weight")], ["transformer.ln_f.bias", get("model.norm.bias")]);
     return named;
@@ -192,6 +200,14 @@ const falcon7b: DecoderSpec = {
   tie_word_embeddings: true,
 };
 const falcon40b: DecoderSpec = { ...falcon7b, num_kv_heads: 2, block: "parallel" };
+const falconRw: DecoderSpec = {
+  ...falcon7b,
+  num_kv_heads: 4,
+  block: "sequential",
+  qkv_bias: true,
+  dense_bias: true,
+  positions: { kind: "alibi", positions: "mask_cumsum", scaled_by_head_dim: true },
+};
 
 function falconConfig(spec: DecoderSpec, architecture: Record<string, unknown>): Record<string, unknown> {
   return {
@@ -254,6 +270,12 @@ const FIXTURES: HfFixture[] = [
     spec: falcon40b,
     config: falconConfig(falcon40b, { new_decoder_architecture: true, num_kv_heads: 2, ffn_hidden_size: 128 }),
     checkpoint: falconNames(true),
+  },
+  {
+    name: "falcon (RW): alibi, biases on every projection, sequential block, one KV head per query head",
+    spec: falconRw,
+    config: falconConfig(falconRw, { multi_query: false, new_decoder_architecture: false, parallel_attn: false, alibi: true, bias: true }),
+    checkpoint: falconNames(false),
   },
 ];
 
@@ -331,7 +353,7 @@ describe("Hugging Face checkpoints of every converted family", () => {
 
   it("refuses what the graph cannot compute, naming the key", async () => {
     const cases: [Record<string, unknown>, RegExp][] = [
-      [{ ...falconConfig(falcon7b, { multi_query: false }), alibi: true }, /config\.json: alibi is true: ALiBi Falcon checkpoints \(falcon-rw\) are not supported/],
+      [{ ...llamaConfig("qwen2", "Qwen2ForCausalLM", qwen2), hidden_act: "gelu" }, /config\.json: hidden_act "gelu" is not supported for qwen2 \(only silu\)/],
       [{ ...falconConfig(falcon7b, { multi_query: true }), activation: "relu" }, /config\.json: activation "relu" is not supported for falcon \(only gelu\)/],
       [{ ...llamaConfig("llama", "LlamaForCausalLM", base), attention_bias: true }, /config\.json: attention_bias is true: biased attention projections are not supported/],
       [{ ...llamaConfig("llama", "LlamaForCausalLM", base), rope_scaling: { rope_type: "magic" } }, /config\.json: rope_scaling\.rope_type "magic" is not supported/],

@@ -77,6 +77,10 @@ const extraSpecs: Record<string, DecoderSpec> = {
     ...llama, norm: "layer", mlp: "gelu_exact", block: "parallel_shared_norm", num_kv_heads: 1, tie_word_embeddings: true,
   },
   "falcon-40b: parallel block with two layer norms, grouped KV heads": { ...llama, norm: "layer", mlp: "gelu_exact", block: "parallel" },
+  "falcon-rw: ALiBi scaled by 1/sqrt(head_dim), biases on every projection": {
+    ...llama, norm: "layer", mlp: "gelu_exact", num_kv_heads: 4, qkv_bias: true, dense_bias: true,
+    positions: { kind: "alibi", positions: "mask_cumsum", scaled_by_head_dim: true },
+  },
   "alibi, 6 heads": { ...tinyDecoderSpec("bloom"), num_heads: 6, num_kv_heads: 6, head_dim: 5 },
   "llama, yarn": {
     ...tinyDecoderSpec("llama"),

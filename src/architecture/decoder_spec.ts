@@ -18,7 +18,12 @@ export type PositionSpec =
    * ALiBi: a per-head linear bias on the query-key distance. `mask_cumsum` counts positions over the
    * attended (mask = 1) slots only, as Bloom and Falcon do; `key_index` counts every cache slot, as MPT does.
    */
-  | { kind: "alibi"; positions: "mask_cumsum" | "key_index" }
+  | {
+      kind: "alibi";
+      positions: "mask_cumsum" | "key_index";
+      /** Falcon adds the bias before scaling the scores by 1/sqrt(head_dim), so it is scaled too. */
+      scaled_by_head_dim?: boolean;
+    }
   /** A learned absolute position table added to the token embeddings (GPT-2, OPT). */
   | { kind: "learned"; max_positions: number };
 
@@ -44,6 +49,8 @@ export interface DecoderSpec {
   tie_word_embeddings: boolean;
   /** Whether the query, key and value projections add a bias (Qwen2). Default false. */
   qkv_bias?: boolean;
+  /** Whether the attention output and MLP projections add a bias (Falcon with `bias`; `gelu` MLPs always do). */
+  dense_bias?: boolean;
   /** Multiplies the token embeddings before the first layer (Gemma: sqrt(hidden_size)). Default 1. */
   embedding_multiplier?: number;
   /**
@@ -70,9 +77,14 @@ export interface WeightTensor {
 /** Weights by name (see {@link weightShapes} for the names a spec needs). */
 export type DecoderWeights = ReadonlyMap<string, WeightTensor>;
 
+/** Whether the MLP's projections add a bias. */
+export function mlpHasBias(spec: DecoderSpec): boolean {
+  return spec.mlp === "gelu" || spec.dense_bias === true;
+}
+
 /**
- * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms, `gelu` MLPs
- * (GPT-2 style) and, with `qkv_bias`, the query, key and value projections.
+ * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms, MLPs with
+ * {@link mlpHasBias}, the query, key and value projections with `qkv_bias`, and the output one with `dense_bias`.
  */
 export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   const { hidden_size: h, num_heads, num_kv_heads, head_dim, intermediate_size: ffn, vocab_size } = spec;
@@ -91,12 +103,14 @@ export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
       if (spec.qkv_bias) shapes.set(`${layer}.self_attn.${name}_proj.bias`, [heads * head_dim]);
     }
     shapes.set(`${layer}.self_attn.o_proj.weight`, [h, num_heads * head_dim]);
+    if (spec.dense_bias) shapes.set(`${layer}.self_attn.o_proj.bias`, [h]);
     if (spec.block !== "parallel_shared_norm") norm(`${layer}.post_attention_layernorm`);
-    if (spec.mlp === "swiglu" || spec.mlp === "geglu") shapes.set(`${layer}.mlp.gate_proj.weight`, [ffn, h]);
-    shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
-    if (spec.mlp === "gelu") shapes.set(`${layer}.mlp.up_proj.bias`, [ffn]);
-    shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
-    if (spec.mlp === "gelu") shapes.set(`${layer}.mlp.down_proj.bias`, [h]);
+    const projections: [string, number, number][] = [["up_proj", ffn, h], ["down_proj", h, ffn]];
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") projections.unshift(["gate_proj", ffn, h]);
+    for (const [name, out, inFeatures] of projections) {
+      shapes.set(`${layer}.mlp.${name}.weight`, [out, inFeatures]);
+      if (mlpHasBias(spec)) shapes.set(`${layer}.mlp.${name}.bias`, [out]);
+    }
   }
   norm("model.norm");
   if (!spec.tie_word_embeddings) shapes.set("lm_head.weight", [vocab_size, h]);

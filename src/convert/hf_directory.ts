@@ -147,8 +147,9 @@ function offsetEntry(entry: TensorEntry, offset: number): TensorEntry {
 }
 
 /**
- * The spec weights a fused matrix of layer `layer` holds, each loading its rows of the fused tensor (read once
- * for all of them: the graph asks for them one after another).
+ * The spec weights a fused matrix of layer `layer` holds, each loading its rows of the fused tensor. The fused
+ * tensor is read once for all its parts (the graph asks for them close together) and let go once each part
+ * has been taken, so conversion holds at most a layer's fused tensors.
  */
 function unfuse(source: string, stored: string, entry: TensorEntry, rule: FusedWeight, layer: number, spec: DecoderSpec): [string, TensorEntry][] {
   const prefix = `model.layers.${layer}.`;
@@ -158,26 +159,34 @@ function unfuse(source: string, stored: string, entry: TensorEntry, rule: FusedW
     if (!shape) throw new ConversionError(source, `internal: the fused ${stored} names ${name}, which the model does not have`);
     return { name: prefix + name, shape };
   });
-  const columns = parts[0].shape[1];
+  // Matrices split by rows; bias vectors by elements, as rows of one.
+  const columns = parts[0].shape[1] ?? 1;
   const rows = parts.reduce((sum, part) => sum + part.shape[0], 0);
-  if (entry.shape.length !== 2 || entry.shape[0] !== rows || entry.shape[1] !== columns) {
-    throw new ConversionError(source, `the weight ${stored} has shape [${entry.shape.join(", ")}], but the model's configuration needs [${rows}, ${columns}]`);
+  const fusedShape = parts[0].shape.length === 2 ? [rows, columns] : [rows];
+  if (entry.shape.length !== fusedShape.length || entry.shape.some((size, i) => size !== fusedShape[i])) {
+    throw new ConversionError(source, `the weight ${stored} has shape [${entry.shape.join(", ")}], but the model's configuration needs [${fusedShape.join(", ")}]`);
   }
   // Row blocks of each part in the fused matrix, in units of head_dim rows for kv_groups.
   const blocks = rule.layout === "concatenated" ? concatenatedBlocks(parts.map((part) => part.shape[0])) : kvGroupBlocks(spec);
   let loaded: WeightTensor | null = null;
+  const taken = new Set<number>();
   return parts.map(({ name, shape }, p) => [
     name,
     {
       shape,
       problem: entry.problem,
       load(): WeightTensor {
-        loaded ??= entry.load();
+        const fused = (loaded ??= entry.load());
         const data = new Float32Array(shape[0] * columns);
         let row = 0;
         for (const [start, count] of blocks[p]) {
-          data.set(loaded.data.subarray(start * columns, (start + count) * columns), row * columns);
+          data.set(fused.data.subarray(start * columns, (start + count) * columns), row * columns);
           row += count;
+        }
+        taken.add(p);
+        if (taken.size === parts.length) {
+          loaded = null;
+          taken.clear();
         }
         return { shape, data };
       },

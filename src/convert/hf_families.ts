@@ -9,7 +9,7 @@ import { resolveGeometry, UnsupportedModelError, type ModelConfig } from "../pos
 import { ConversionError } from "./errors.js";
 import { checkedDecoderSpec } from "./hf_llama.js";
 
-/** A fused checkpoint matrix that holds several of the spec's weights as blocks of rows. */
+/** A fused checkpoint matrix (or bias vector) that holds several of the spec's weights as blocks of rows. */
 export interface FusedWeight {
   /** The checkpoint name, with `{i}` for the layer index. */
   from: string;
@@ -36,6 +36,10 @@ export interface HfFamily {
   /** `tie_word_embeddings` when the config omits it (the family's transformers config class default). */
   tie_default: boolean;
   qkv_bias?: boolean;
+  /** A boolean key that, when true, gives every projection a bias (Falcon's `bias`). */
+  bias_key?: string;
+  /** Whether the family's ALiBi variant converts, and how its graph scales the bias. */
+  alibi?: { scaled_by_head_dim: boolean };
   /** Gemma scales the embeddings by sqrt(hidden_size). */
   embedding_scale?: "sqrt_hidden";
   /** Gemma's norms multiply by (1 + weight): the offset is added to every norm weight on conversion. */
@@ -104,28 +108,26 @@ export const HF_FAMILIES: Readonly<Record<string, HfFamily>> = {
     intermediate_multiple: 4,
     tie_default: true,
     block: falconBlock,
-    refuse: [
-      ["alibi", true, "ALiBi Falcon checkpoints (falcon-rw) are not supported: their graph scales ALiBi by 1/sqrt(head_dim) and needs biased projections"],
-      ["bias", true, "biased projections are not supported"],
-    ],
+    bias_key: "bias",
+    // falcon-rw adds ALiBi to the scores before they are scaled by 1/sqrt(head_dim).
+    alibi: { scaled_by_head_dim: true },
+    refuse: [],
     renames: [
       ["transformer.word_embeddings.weight", "model.embed_tokens.weight"],
       ["transformer.h.{i}.input_layernorm.", "model.layers.{i}.input_layernorm."],
       ["transformer.h.{i}.ln_attn.", "model.layers.{i}.input_layernorm."],
       ["transformer.h.{i}.ln_mlp.", "model.layers.{i}.post_attention_layernorm."],
       ["transformer.h.{i}.post_attention_layernorm.", "model.layers.{i}.post_attention_layernorm."],
-      ["transformer.h.{i}.self_attention.dense.weight", "model.layers.{i}.self_attn.o_proj.weight"],
-      ["transformer.h.{i}.mlp.dense_h_to_4h.weight", "model.layers.{i}.mlp.up_proj.weight"],
-      ["transformer.h.{i}.mlp.dense_4h_to_h.weight", "model.layers.{i}.mlp.down_proj.weight"],
+      ["transformer.h.{i}.self_attention.dense.", "model.layers.{i}.self_attn.o_proj."],
+      ["transformer.h.{i}.mlp.dense_h_to_4h.", "model.layers.{i}.mlp.up_proj."],
+      ["transformer.h.{i}.mlp.dense_4h_to_h.", "model.layers.{i}.mlp.down_proj."],
       ["transformer.ln_f.", "model.norm."],
     ],
-    fused: [
-      {
-        from: "transformer.h.{i}.self_attention.query_key_value.weight",
-        into: ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"],
-        layout: "kv_groups",
-      },
-    ],
+    fused: ["weight", "bias"].map((part) => ({
+      from: `transformer.h.{i}.self_attention.query_key_value.${part}`,
+      into: ["q", "k", "v"].map((name) => `self_attn.${name}_proj.${part}`),
+      layout: "kv_groups" as const,
+    })),
   },
 };
 
@@ -154,9 +156,16 @@ export function decoderSpecFromHfConfig(config: unknown, file: string): { spec: 
     if (error instanceof UnsupportedModelError) throw fail(error.message.replace(/^config\.json:? /, ""));
     throw error;
   }
-  if (geometry.scheme.kind !== "rope" || geometry.scheme.rope.layout !== "rotate_half") {
+  const { scheme } = geometry;
+  let positions: DecoderSpec["positions"];
+  if (scheme.kind === "rope" && scheme.rope.layout === "rotate_half") {
+    positions = { kind: "rope", rope: scheme.rope };
+  } else if (scheme.kind === "alibi" && family.alibi) {
+    positions = { kind: "alibi", positions: scheme.positions, ...family.alibi };
+  } else {
     throw fail("expected rotary position embeddings in the rotate_half layout");
   }
+  const biased = family.bias_key !== undefined && fields[family.bias_key] === true;
   const number = (key: string, fallback?: number): number => {
     const value = fields[key] ?? fallback;
     if (typeof value !== "number") throw fail(`${key} is ${JSON.stringify(value)}, expected a number`);
@@ -177,9 +186,10 @@ export function decoderSpecFromHfConfig(config: unknown, file: string): { spec: 
       norm: family.norm,
       norm_eps: number(family.norm_eps[0], family.norm_eps[1]),
       mlp: family.mlp,
-      positions: { kind: "rope", rope: geometry.scheme.rope },
+      positions,
       tie_word_embeddings: tied,
-      ...(family.qkv_bias ? { qkv_bias: true } : {}),
+      ...(family.qkv_bias || biased ? { qkv_bias: true } : {}),
+      ...(biased ? { dense_bias: true } : {}),
       ...(family.embedding_scale === "sqrt_hidden" ? { embedding_multiplier: Math.sqrt(hidden_size) } : {}),
       block: typeof family.block === "function" ? family.block(fields) : family.block,
       ...(geometry.sliding_window ? { sliding_window: geometry.sliding_window } : {}),

@@ -12,7 +12,7 @@
  * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
-import { weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
+import { mlpHasBias, weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
 import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
@@ -210,7 +210,7 @@ class DecoderGraph {
 
     const positions = spec.positions;
     if (positions.kind === "alibi") {
-      const alibi = this.alibiBias(positions.positions, slots);
+      const alibi = this.alibiBias(positions.positions, positions.scaled_by_head_dim === true, slots);
       bias = g.op("Add", [alibi, bias], "attention.bias");
       if (slidingBias) slidingBias = g.op("Add", [alibi, slidingBias], "attention.sliding_bias");
     }
@@ -218,7 +218,7 @@ class DecoderGraph {
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
-  private alibiBias(positions: "mask_cumsum" | "key_index", slots: SlotIndices): string {
+  private alibiBias(positions: "mask_cumsum" | "key_index", scaled: boolean, slots: SlotIndices): string {
     const { g, spec } = this;
     let distance: string;
     if (positions === "key_index") {
@@ -240,7 +240,8 @@ class DecoderGraph {
       ); // [B, n, T]
       distance = this.unsqueeze(difference, [1], "alibi.distance"); // [B, 1, n, T]
     }
-    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope);
+    const scale = scaled ? 1 / Math.sqrt(spec.head_dim) : 1;
+    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope * scale);
     const slopes = g.float32(negativeSlopes, [spec.num_heads, 1, 1], "alibi.negative_slopes");
     const distanceFloat = g.op("Cast", [distance], "alibi.distance.float", [intAttribute("to", DataType.FLOAT)]);
     return g.op("Mul", [distanceFloat, slopes], "alibi.bias");
@@ -377,7 +378,8 @@ class DecoderGraph {
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
-    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    const output = g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    return spec.dense_bias ? g.op("Add", [output, this.weight(`${prefix}.o_proj.bias`)], `${prefix}.output.biased`) : output;
   }
 
   private norm(prefix: string, x: string): string {
@@ -404,8 +406,10 @@ class DecoderGraph {
   private mlp(layerPrefix: string, x: string): string {
     const { g, spec } = this;
     const prefix = `${layerPrefix}.mlp`;
-    const linear = (name: string, input: string) =>
-      g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
+    const linear = (name: string, input: string) => {
+      const product = g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
+      return mlpHasBias(spec) ? g.op("Add", [product, this.weight(`${prefix}.${name}.bias`)], `${prefix}.${name}.biased`) : product;
+    };
     if (spec.mlp === "swiglu" || spec.mlp === "geglu") {
       const gate = linear("gate_proj", x);
       const activated =
@@ -415,10 +419,8 @@ class DecoderGraph {
       const product = g.op("Mul", [activated, linear("up_proj", x)], `${prefix}.gated`);
       return linear("down_proj", product);
     }
-    if (spec.mlp === "gelu_exact") return linear("down_proj", this.geluExact(linear("up_proj", x), `${prefix}.gelu`));
-    const up = g.op("Add", [linear("up_proj", x), this.weight(`${prefix}.up_proj.bias`)], `${prefix}.up_proj.biased`);
-    const activated = this.geluTanh(up, `${prefix}.gelu`);
-    return g.op("Add", [linear("down_proj", activated), this.weight(`${prefix}.down_proj.bias`)], `${prefix}.output`);
+    const up = linear("up_proj", x);
+    return linear("down_proj", spec.mlp === "gelu_exact" ? this.geluExact(up, `${prefix}.gelu`) : this.geluTanh(up, `${prefix}.gelu`));
   }
 
   /** 0.5 x (1 + erf(x / sqrt(2))), written out (the Gelu op needs opset 20). */

@@ -7,7 +7,7 @@
  * (O(cache) re-rotation per layer and forward) on purpose; only tiny models run through it. It models one
  * batch row without padding, where ALiBi's `mask_cumsum` and `key_index` positions coincide.
  */
-import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
+import { mlpHasBias, validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
 // RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
 import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./rope_formulas.js";
 
@@ -60,7 +60,9 @@ export class StreamingReference {
     const positions = spec.positions;
     this.inverseFrequencies = positions.kind === "rope" ? formulaInverseFrequenciesFloat32(positions.rope) : null;
     this.ropeMagnitude = positions.kind === "rope" ? formulaAttentionFactor(positions.rope) : 1;
-    this.slopes = positions.kind === "alibi" ? referenceAlibiSlopes(spec.num_heads) : null;
+    // Falcon scales the ALiBi bias by 1/sqrt(head_dim) with the scores.
+    const alibiScale = positions.kind === "alibi" && positions.scaled_by_head_dim ? 1 / Math.sqrt(spec.head_dim) : 1;
+    this.slopes = positions.kind === "alibi" ? referenceAlibiSlopes(spec.num_heads).map((slope) => slope * alibiScale) : null;
   }
 
   /** Number of tokens in the cache (what attention sees). */
@@ -115,7 +117,7 @@ export class StreamingReference {
         // Causal: the cache plus the new tokens up to and including this one.
         const first = Math.max(0, position - windowSize + 1);
         const attended = this.attend(query, position, first, keys.slice(first, position + 1), values.slice(first, position + 1));
-        const h = add(x, this.linear(attended, `${prefix}.self_attn.o_proj.weight`));
+        const h = add(x, this.linear(attended, `${prefix}.self_attn.o_proj.weight`, spec.dense_bias ? `${prefix}.self_attn.o_proj.bias` : undefined));
         switch (spec.block ?? "sequential") {
           case "sequential":
             return add(h, this.mlp(this.norm(h, `${prefix}.post_attention_layernorm`), prefix));
@@ -212,17 +214,16 @@ export class StreamingReference {
 
   private mlp(x: Float64Array, prefix: string): Float64Array {
     const { mlp } = this.spec;
+    const biased = mlpHasBias(this.spec);
+    const project = (input: Float64Array, name: string) =>
+      this.linear(input, `${prefix}.mlp.${name}.weight`, biased ? `${prefix}.mlp.${name}.bias` : undefined);
     if (mlp === "swiglu" || mlp === "geglu") {
-      const gate = this.linear(x, `${prefix}.mlp.gate_proj.weight`);
-      const up = this.linear(x, `${prefix}.mlp.up_proj.weight`);
+      const gate = project(x, "gate_proj");
+      const up = project(x, "up_proj");
       const activation = mlp === "swiglu" ? (g: number) => g / (1 + Math.exp(-g)) : geluTanh;
-      return this.linear(gate.map((g, i) => activation(g) * up[i]), `${prefix}.mlp.down_proj.weight`);
+      return project(gate.map((g, i) => activation(g) * up[i]), "down_proj");
     }
-    if (mlp === "gelu_exact") {
-      return this.linear(this.linear(x, `${prefix}.mlp.up_proj.weight`).map(geluErf), `${prefix}.mlp.down_proj.weight`);
-    }
-    const up = this.linear(x, `${prefix}.mlp.up_proj.weight`, `${prefix}.mlp.up_proj.bias`);
-    return this.linear(up.map(geluTanh), `${prefix}.mlp.down_proj.weight`, `${prefix}.mlp.down_proj.bias`);
+    return project(project(x, "up_proj").map(mlp === "gelu_exact" ? geluErf : geluTanh), "down_proj");
   }
 
   private norm(x: Float64Array, prefix: string): Float64Array {
