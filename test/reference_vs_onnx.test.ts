@@ -59,8 +59,28 @@ function referenceLogits(spec: DecoderSpec, reference: StreamingReference, token
   return logits;
 }
 
-/** Beyond the fixtures: a non-power-of-two ALiBi head count, head_dim independent of hidden size, yarn scaling. */
+const llama = tinyDecoderSpec("llama");
+const fullRope = (head_dim: number) =>
+  ({ kind: "rope", rope: { layout: "rotate_half", head_dim, rotary_dim: head_dim, theta: 10000 } }) as const;
+
+/**
+ * Beyond the fixtures: a non-power-of-two ALiBi head count, head_dim independent of hidden size, yarn scaling,
+ * and the blocks of the converted families (15 tokens pass the sliding windows of 4 and 6 slots).
+ */
 const extraSpecs: Record<string, DecoderSpec> = {
+  "qwen2: qkv biases, sliding window 4 on every layer": { ...llama, qkv_bias: true, sliding_window: { size: 4, layers: [0, 1] } },
+  "gemma: geglu, embedding multiplier, one KV head of 12": {
+    ...llama, mlp: "geglu", embedding_multiplier: Math.sqrt(32), num_kv_heads: 1, head_dim: 12, positions: fullRope(12), tie_word_embeddings: true,
+  },
+  "gemma2: sliding window 6 on layer 0 only": { ...llama, mlp: "geglu", sliding_window: { size: 6, layers: [0] } },
+  "falcon-7b: parallel block sharing one layer norm, exact gelu, one KV head": {
+    ...llama, norm: "layer", mlp: "gelu_exact", block: "parallel_shared_norm", num_kv_heads: 1, tie_word_embeddings: true,
+  },
+  "falcon-40b: parallel block with two layer norms, grouped KV heads": { ...llama, norm: "layer", mlp: "gelu_exact", block: "parallel" },
+  "falcon-rw: ALiBi scaled by 1/sqrt(head_dim), biases on every projection": {
+    ...llama, norm: "layer", mlp: "gelu_exact", num_kv_heads: 4, qkv_bias: true, dense_bias: true,
+    positions: { kind: "alibi", positions: "mask_cumsum", scaled_by_head_dim: true },
+  },
   "alibi, 6 heads": { ...tinyDecoderSpec("bloom"), num_heads: 6, num_kv_heads: 6, head_dim: 5 },
   "llama, yarn": {
     ...tinyDecoderSpec("llama"),

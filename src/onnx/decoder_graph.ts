@@ -12,7 +12,7 @@
  * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
-import { weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
+import { mlpHasBias, weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
 import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
@@ -37,6 +37,8 @@ export type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> |
 interface AttentionInputs {
   /** Added to the scores: [batch, 1 or num_heads, sequence_length, total_sequence_length]. */
   bias: string;
+  /** The same, also masking slots at least `sliding_window.size` behind the query (sliding layers only). */
+  slidingBias?: string;
   rotary?: RotaryTables;
 }
 
@@ -120,6 +122,8 @@ class DecoderGraph {
 
     const embedTokens = this.weight("model.embed_tokens.weight");
     let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
+    const multiplier = spec.embedding_multiplier ?? 1;
+    if (multiplier !== 1) hidden = g.op("Mul", [hidden, g.float32([multiplier], [])], "model.embed_tokens.scaled");
     if (spec.positions.kind === "learned") {
       const embedPositions = this.weight("model.embed_positions.weight");
       const positions = g.op("Gather", [embedPositions, "position_ids"], "model.embed_positions.output", [
@@ -194,17 +198,27 @@ class DecoderGraph {
     const attended4d = this.unsqueeze(attended, [1, 2], "attention.attended.4d"); // [B, 1, 1, T]
     const allowed = g.op("And", [causal, attended4d], "attention.allowed"); // [B, 1, n, T]
     const blocked = g.float32([MASKED_SCORE], []);
-    let bias = g.op("Where", [allowed, g.float32([0], []), blocked], "attention.mask_bias");
+    const zero = g.float32([0], []);
+    let bias = g.op("Where", [allowed, zero, blocked], "attention.mask_bias");
+    let slidingBias: string | undefined;
+    if (spec.sliding_window) {
+      const behind = g.op("Sub", [slots.queryColumn, slots.keyRow], "attention.slots_behind"); // [n, T]
+      const inWindow = g.op("Less", [behind, g.int64([spec.sliding_window.size], [])], "attention.in_window");
+      const allowedInWindow = g.op("And", [allowed, inWindow], "attention.allowed_in_window");
+      slidingBias = g.op("Where", [allowedInWindow, zero, blocked], "attention.sliding_mask_bias");
+    }
 
     const positions = spec.positions;
     if (positions.kind === "alibi") {
-      bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
+      const alibi = this.alibiBias(positions.positions, positions.scaled_by_head_dim === true, slots);
+      bias = g.op("Add", [alibi, bias], "attention.bias");
+      if (slidingBias) slidingBias = g.op("Add", [alibi, slidingBias], "attention.sliding_bias");
     }
-    return { bias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
+    return { bias, slidingBias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
-  private alibiBias(positions: "mask_cumsum" | "key_index", slots: SlotIndices): string {
+  private alibiBias(positions: "mask_cumsum" | "key_index", scaled: boolean, slots: SlotIndices): string {
     const { g, spec } = this;
     let distance: string;
     if (positions === "key_index") {
@@ -226,7 +240,8 @@ class DecoderGraph {
       ); // [B, n, T]
       distance = this.unsqueeze(difference, [1], "alibi.distance"); // [B, 1, n, T]
     }
-    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope);
+    const scale = scaled ? 1 / Math.sqrt(spec.head_dim) : 1;
+    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope * scale);
     const slopes = g.float32(negativeSlopes, [spec.num_heads, 1, 1], "alibi.negative_slopes");
     const distanceFloat = g.op("Cast", [distance], "alibi.distance.float", [intAttribute("to", DataType.FLOAT)]);
     return g.op("Mul", [distanceFloat, slopes], "alibi.bias");
@@ -297,28 +312,39 @@ class DecoderGraph {
   }
 
   private layer(index: number, x: string, attention: AttentionInputs): string {
+    const { g, spec } = this;
     const prefix = `model.layers.${index}`;
-    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention);
-    const h = this.g.op("Add", [x, attended], `${prefix}.attention_residual`);
-    const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
-    return this.g.op("Add", [h, mlp], `${prefix}.output`);
+    const sliding = spec.sliding_window?.layers.includes(index) ?? false;
+    const bias = sliding ? attention.slidingBias! : attention.bias;
+    const normed = this.norm(`${prefix}.input_layernorm`, x);
+    const attended = this.attention(index, normed, bias, attention.rotary);
+    const h = g.op("Add", [x, attended], `${prefix}.attention_residual`);
+    const block = spec.block ?? "sequential";
+    if (block === "sequential") {
+      const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
+      return g.op("Add", [h, mlp], `${prefix}.output`);
+    }
+    // Parallel: the MLP reads the layer's input, not the attention's output.
+    const mlpInput = block === "parallel" ? this.norm(`${prefix}.post_attention_layernorm`, x) : normed;
+    return g.op("Add", [h, this.mlp(prefix, mlpInput)], `${prefix}.output`);
   }
 
-  private attention(index: number, x: string, inputs: AttentionInputs): string {
+  private attention(index: number, x: string, bias: string, rotary: RotaryTables | undefined): string {
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
     const project = (name: "q" | "k" | "v", count: number) => {
-      const flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      let flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      if (spec.qkv_bias) flat = g.op("Add", [flat, this.weight(`${prefix}.${name}_proj.bias`)], `${prefix}.${name}.biased`);
       const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
       return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
     };
     let queries = project("q", heads);
     let keys = project("k", kvHeads);
     const values = project("v", kvHeads);
-    if (inputs.rotary) {
-      queries = this.rotate(queries, inputs.rotary);
-      keys = this.rotate(keys, inputs.rotary);
+    if (rotary) {
+      queries = this.rotate(queries, rotary);
+      keys = this.rotate(keys, rotary);
     }
     const axis2 = [intAttribute("axis", 2)];
     // present = past + new in the cache's type; attention itself always runs in float32.
@@ -345,14 +371,15 @@ class DecoderGraph {
     ]);
     const groupedScores = g.op("MatMul", [groupedQueries, keysTransposed], `${prefix}.scores.grouped`);
     const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
-    const biased = g.op("Add", [scores, inputs.bias], `${prefix}.scores.biased`);
+    const biased = g.op("Add", [scores, bias], `${prefix}.scores.biased`);
     const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
     const groupedProbabilities = regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`);
     const groupedContext = g.op("MatMul", [groupedProbabilities, allValues], `${prefix}.context.grouped`);
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
-    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    const output = g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    return spec.dense_bias ? g.op("Add", [output, this.weight(`${prefix}.o_proj.bias`)], `${prefix}.output.biased`) : output;
   }
 
   private norm(prefix: string, x: string): string {
@@ -379,17 +406,29 @@ class DecoderGraph {
   private mlp(layerPrefix: string, x: string): string {
     const { g, spec } = this;
     const prefix = `${layerPrefix}.mlp`;
-    const linear = (name: string, input: string) =>
-      g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
-    if (spec.mlp === "swiglu") {
+    const linear = (name: string, input: string) => {
+      const product = g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
+      return mlpHasBias(spec) ? g.op("Add", [product, this.weight(`${prefix}.${name}.bias`)], `${prefix}.${name}.biased`) : product;
+    };
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") {
       const gate = linear("gate_proj", x);
-      const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`);
-      const product = g.op("Mul", [silu, linear("up_proj", x)], `${prefix}.gated`);
+      const activated =
+        spec.mlp === "swiglu"
+          ? g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`)
+          : this.geluTanh(gate, `${prefix}.gate_gelu`);
+      const product = g.op("Mul", [activated, linear("up_proj", x)], `${prefix}.gated`);
       return linear("down_proj", product);
     }
-    const up = g.op("Add", [linear("up_proj", x), this.weight(`${prefix}.up_proj.bias`)], `${prefix}.up_proj.biased`);
-    const activated = this.geluTanh(up, `${prefix}.gelu`);
-    return g.op("Add", [linear("down_proj", activated), this.weight(`${prefix}.down_proj.bias`)], `${prefix}.output`);
+    const up = linear("up_proj", x);
+    return linear("down_proj", spec.mlp === "gelu_exact" ? this.geluExact(up, `${prefix}.gelu`) : this.geluTanh(up, `${prefix}.gelu`));
+  }
+
+  /** 0.5 x (1 + erf(x / sqrt(2))), written out (the Gelu op needs opset 20). */
+  private geluExact(x: string, prefix: string): string {
+    const { g } = this;
+    const erf = g.op("Erf", [g.op("Mul", [x, g.float32([Math.SQRT1_2], [])], `${prefix}.scaled`)], `${prefix}.erf`);
+    const erfPlusOne = g.op("Add", [erf, g.float32([1], [])], `${prefix}.erf_plus_one`);
+    return g.op("Mul", [g.op("Mul", [x, g.float32([0.5], [])], `${prefix}.half_x`), erfPlusOne], `${prefix}.output`);
   }
 
   /** 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), written out (the Gelu op needs opset 20). */

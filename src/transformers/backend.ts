@@ -13,7 +13,7 @@ import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/str
 import { checkTokenizerFiles, ModelNotFoundError, resolveModelSource, type ResolveModelSourceOptions } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
-import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
+import { checkCacheGeometry, decoderInputs, decoderSession, kvType, pastName, presentName } from "./decoder_contract.js";
 import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
 import { cacheStats } from "./stream_registry.js";
 
@@ -128,20 +128,32 @@ export class DenseStream extends TransformersStream {
   readonly endless = false;
   readonly attention_sinks = null;
   private readonly layers: number;
+  /** The graph's empty cache, for the families this package knows; otherwise transformers.js makes it. */
+  private readonly emptyCache: Record<string, Tensor> | null = null;
 
   constructor(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, window_tokens: number) {
     super(model, tokenizer, window_tokens);
     const session = decoderSession(model);
-    // transformers.js sizes its cache from config.json: a config that does not match the graph must stop here.
-    // (Plain transformers.js runs any family; the check needs one this package knows.)
-    const config = model.config as unknown as ModelConfig;
-    if (SUPPORTED_MODEL_TYPES.includes(String(config.model_type))) checkCacheGeometry(resolveGeometry(config), session);
     this.layers = decoderInputs(session).num_layers;
+    // transformers.js sizes its cache from config.json: a config that does not match the graph must stop here.
+    // It also names the cache from config.json, and for multi-query Falcon (`multi_query`) it names one
+    // `key_value` input per layer that the graph does not have; the graph's own names are used instead.
+    // (Plain transformers.js runs any family; both need one this package knows.)
+    const config = model.config as unknown as ModelConfig;
+    if (SUPPORTED_MODEL_TYPES.includes(String(config.model_type))) {
+      const geometry = resolveGeometry(config);
+      checkCacheGeometry(geometry, session);
+      const type = kvType(session);
+      const empty = () => new Tensor(type, type === "float32" ? new Float32Array(0) : new Uint16Array(0), [1, geometry.num_kv_heads, 0, geometry.head_dim]);
+      this.emptyCache = {};
+      for (let i = 0; i < this.layers; i++) for (const part of ["key", "value"] as const) this.emptyCache[pastName(i, part)] = empty();
+    }
   }
 
   /** One pass: a dense cache takes the whole input at once, so `signal` is only checked before it. */
   async feed(tokens: readonly number[], options: FeedOptions = {}): Promise<Float32Array> {
     options.signal?.throwIfAborted();
+    if (this.emptyCache && this.cache.get_seq_length() === 0) this.cache.update(this.emptyCache);
     const length = this.cache.get_seq_length() + tokens.length;
     const attention_mask = new Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
     const out = (await this.model.forward({ input_ids: tokenIds(tokens), attention_mask, past_key_values: this.cache })) as Record<string, Tensor>;
