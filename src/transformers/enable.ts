@@ -16,8 +16,18 @@ export interface AttentionSinkModel {
   forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput>;
 }
 
+const decoders = new WeakMap<object, StreamingDecoder>();
+
+/** The streaming decoder behind a model enableAttentionSinks() turned, for saving and restoring its streams. */
+export function streamingDecoderOf(model: AttentionSinkModel): StreamingDecoder {
+  const decoder = decoders.get(model);
+  if (!decoder) throw new TypeError("the model was not turned by enableAttentionSinks()");
+  return decoder;
+}
+
 export function enableAttentionSinks<M extends PreTrainedModel>(model: M, options: AttentionSinkOptions = {}): M & AttentionSinkModel {
   const decoder = new StreamingDecoder(decoderSession(model), model.config as unknown as ModelConfig, options);
+  decoders.set(model, decoder);
   const target = model as unknown as Record<string, unknown>;
   Object.defineProperty(target, "attention_sinks", { value: decoder.settings, enumerable: false });
   target.forward = (inputs: StreamingForwardInputs) => decoder.forward(inputs);
