@@ -109,6 +109,8 @@ describe("serve: the OpenAI API, through the openai npm client", () => {
       models.data.map((entry) => entry.id),
       ["tiny"],
     );
+    assert.equal((await client.models.retrieve("tiny")).id, "tiny");
+    await assert.rejects(client.models.retrieve("other"), OpenAI.NotFoundError);
     const messages = [user("hello there")];
     const completion = await client.chat.completions.create({ model: "tiny", messages, max_tokens: 12 });
     const [choice] = completion.choices;
@@ -350,6 +352,24 @@ describe("serve: sessions", () => {
       for (const file of files) assert.match(file, /^[0-9a-f]{64}\.state$/);
     } finally {
       await contained.close();
+    }
+  });
+
+  it("beyond --max_sessions the least recently used leave memory and continue from the store as if they had stayed", async () => {
+    const small = await serve({ max_sessions: 2 });
+    try {
+      const questions = ["hello there", "and then?", "tell me more"];
+      const replies = new Map<string, string[]>();
+      for (const question of questions) {
+        for (const id of ["one", "two", "three"]) replies.set(id, [...(replies.get(id) ?? []), (await turn(small.url, { session_id: id, messages: [user(question)], max_tokens: 4 })).text]);
+        assert.equal(small.service.sessions_in_memory, 2);
+      }
+      // Every session was read back from its file on each turn after the first; the session kept in memory the whole time replies alike.
+      const kept: string[] = [];
+      for (const question of questions) kept.push((await running.client.chat.completions.create({ model: "tiny", messages: [user(question)], max_tokens: 4 }, { headers: { "X-Session-Id": "kept in memory" } })).choices[0].message.content ?? "");
+      for (const id of ["one", "two", "three"]) assert.deepEqual(replies.get(id), kept, id);
+    } finally {
+      await small.close();
     }
   });
 

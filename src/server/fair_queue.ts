@@ -22,10 +22,6 @@ export class FairQueue {
 
   constructor(private readonly capacity: number) {}
 
-  get size(): number {
-    return this.waiting;
-  }
-
   /** Resolves once no job runs or waits. */
   idle(): Promise<void> {
     if (!this.running && this.waiting === 0) return Promise.resolve();

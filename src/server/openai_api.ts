@@ -83,7 +83,7 @@ function optionalBoolean(body: Body, name: string): boolean {
 }
 
 /** The session id of a request: the X-Session-Id header or the body's session_id (the same one if both). */
-export function sessionId(body: Body, header: string | undefined): string | undefined {
+function sessionId(body: Body, header: string | undefined): string | undefined {
   const field = body.session_id;
   if (field !== undefined && field !== null && typeof field !== "string") throw invalidField("session_id", `must be a string, got ${JSON.stringify(field)}`);
   const id = header ?? (field as string | undefined);

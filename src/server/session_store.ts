@@ -121,8 +121,3 @@ export function parseRedisUrl(url: string): { host: string; port: number } {
   }
   return { host: parsed.hostname.replace(/^\[|\]$/g, ""), port: parsed.port === "" ? 6379 : Number(parsed.port) };
 }
-
-/** The store a `--state_store` value names: a redis:// URL, else a folder. */
-export function openSessionStore(location: string): Promise<SessionStore> {
-  return location.startsWith("redis://") ? RedisStore.open(location) : FolderStore.open(location);
-}
