@@ -26,6 +26,10 @@ function stream(healthy: number): StreamingBackend {
     },
     stats: () => ({ seen_tokens: fed, cached_tokens: fed, kv_cache_bytes: 0, kv_buffer_bytes: 0 }),
     reset() {},
+    snapshot: () => Uint8Array.of(fed),
+    restore(state) {
+      fed = state[0];
+    },
   };
 }
 
