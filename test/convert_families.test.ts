@@ -351,6 +351,21 @@ describe("Hugging Face checkpoints of every converted family", () => {
     });
   });
 
+  it("a fused matrix of the wrong size, or of a layer the config does not have, is refused naming it", async () => {
+    const phi3Fixture = FIXTURES.find((fixture) => fixture.config.model_type === "phi3")!;
+    const weights = randomDecoderWeights(phi3, 1);
+    const qkv = "model.layers.1.self_attn.qkv_proj.weight";
+    const cases: [(named: Named) => Named, RegExp][] = [
+      [(named) => named.map(([name, tensor]) => [name, name === qkv ? slice(tensor, 0, tensor.shape[0] - 8) : tensor]), /the weight model\.layers\.1\.self_attn\.qkv_proj\.weight has shape \[56, 32\], but the model's configuration needs \[64, 32\]/],
+      [(named) => [...named, ["model.layers.2.self_attn.qkv_proj.weight", named.find(([name]) => name === qkv)![1]]], /the weight model\.layers\.2\.self_attn\.qkv_proj\.weight does not belong to the configured model/],
+    ];
+    for (const [index, [change, message]] of cases.entries()) {
+      const dir = join(root, `bad-fused-${index}`);
+      await writeCheckpoint({ ...phi3Fixture, checkpoint: (spec, w) => change(phi3Names(spec, w)) }, dir, weights);
+      await assert.rejects(convertCheckpoint(dir, join(root, `never-fused-${index}`)), (error: Error) => error instanceof ConversionError && message.test(error.message));
+    }
+  });
+
   it("refuses what the graph cannot compute, naming the key", async () => {
     const cases: [Record<string, unknown>, RegExp][] = [
       [{ ...llamaConfig("qwen2", "Qwen2ForCausalLM", qwen2), hidden_act: "gelu" }, /config\.json: hidden_act "gelu" is not supported for qwen2 \(only silu\)/],

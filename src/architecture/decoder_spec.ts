@@ -41,7 +41,8 @@ export interface DecoderSpec {
   norm_eps: number;
   /**
    * `swiglu`: down(silu(gate(x)) * up(x)) (Llama). `geglu`: down(gelu_tanh(gate(x)) * up(x)) (Gemma).
-   * `gelu`: down(gelu_tanh(up(x) + b)) + b (GPT-2). `gelu_exact`: down(gelu(up(x))), erf form, no biases (Falcon).
+   * `gelu`: down(gelu_tanh(up(x) + b)) + b (GPT-2). `gelu_exact`: down(gelu(up(x))) with the erf form of GELU
+   * (Falcon). Only `gelu` has biases of its own; `dense_bias` gives them to any.
    */
   mlp: "swiglu" | "geglu" | "gelu" | "gelu_exact";
   positions: PositionSpec;

@@ -160,7 +160,8 @@ function unfuse(source: string, stored: string, entry: TensorEntry, rule: FusedW
   const shapes = weightShapes(spec);
   const parts = rule.into.map((name) => {
     const shape = shapes.get(prefix + name);
-    if (!shape) throw new ConversionError(source, `internal: the fused ${stored} names ${name}, which the model does not have`);
+    // A layer past num_hidden_layers (or a bias the config does not give the model).
+    if (!shape) throw new ConversionError(source, `the weight ${stored} does not belong to the configured model`);
     return { name: prefix + name, shape };
   });
   // Matrices split by rows; bias vectors by elements, as rows of one.

@@ -159,7 +159,7 @@ const ROPE_COMMON_KEYS = ["rope_type", "type", "rope_theta", "partial_rotary_fac
  * key the package does not know is refused by name, since ignoring it would rotate keys wrongly.
  */
 function readRopeScaling(config: ModelConfig, maxPositions: number | null, positionsInUse: number): RopeScaling | undefined {
-  const source = lookup(config, "rope_parameters") !== undefined ? "rope_parameters" : "rope_scaling";
+  const source = lookup(config, "rope_parameters") != null ? "rope_parameters" : "rope_scaling";
   const raw = lookup(config, source) as Record<string, unknown> | null | undefined;
   if (!raw || typeof raw !== "object") return undefined;
   const typeKey = raw.rope_type !== undefined ? "rope_type" : "type";
@@ -251,7 +251,10 @@ export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelG
     );
   }
   const num_heads = requireCount(config, ["num_attention_heads", "n_head", "n_heads", "num_heads"], "attention head count");
-  const multiQuery = row.multi_query && !(lookup(config, row.multi_query.unless) === true) && (lookup(config, "multi_query") ?? row.multi_query.default) === true;
+  const multiQuery =
+    row.multi_query !== undefined &&
+    lookup(config, row.multi_query.unless) !== true &&
+    (lookup(config, "multi_query") ?? row.multi_query.default) === true;
   const num_kv_heads = multiQuery ? 1 : (firstCount(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ?? num_heads);
   const hidden = firstCount(config, ["hidden_size", "n_embd", "d_model"]);
   const head_dim = firstCount(config, ["head_dim"]) ?? (hidden !== undefined ? hidden / num_heads : NaN);
