@@ -23,7 +23,7 @@ import { FolderStore } from "../src/server/session_store.js";
 import { loadTransformersBackend } from "../src/transformers/backend.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { runCli } from "./support/cli.js";
-import { startServer } from "./support/server.js";
+import { killServers, startServer } from "./support/server.js";
 import { systemProgram } from "./support/system_package.js";
 
 transformers.env.allowRemoteModels = false;
@@ -247,6 +247,11 @@ describe("serve: sessions", () => {
     // The stream was fed each message once: the tokens the session has seen are those the turns report.
     const fed = newOnly.reduce((sum, reply) => sum + reply.usage.prompt_tokens + reply.usage.completion_tokens, 0);
     assert.equal(newOnly.at(-1)!.session.seen_tokens, fed - 1, "every token fed once (the last one generated is fed by the next turn)");
+    // Messages after the saved conversation are all fed, an assistant message among them too.
+    const injected = [{ role: "assistant" as const, content: "a note from the client" }, user("go on")];
+    const resent = await turn(url, { session_id: "whole transcript", messages: [...transcript, ...injected], max_tokens: 6 });
+    const lastOnly = await turn(url, { session_id: "new message only", messages: [user("go on")], max_tokens: 6 });
+    assert.ok(resent.usage.prompt_tokens > lastOnly.usage.prompt_tokens, `the client's assistant message was fed (${resent.usage.prompt_tokens} > ${lastOnly.usage.prompt_tokens} tokens)`);
     // A stateless request of the whole transcript is a different thing: one prompt, no session.
     const stateless = await turn(url, { messages: transcript.concat(user("one more")), max_tokens: 6 });
     assert.equal(stateless.session, undefined);
@@ -396,6 +401,8 @@ describe("serve: sessions", () => {
 });
 
 describe("serve: the process", () => {
+  after(killServers);
+
   it("`serve --help` lists its options; conflicting or malformed store options are usage errors", async () => {
     const help = await runCli(["serve", "--help"]);
     assert.equal(help.code, 0);
