@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { connect, createServer as createNetServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -477,7 +478,8 @@ describe("serve: the process", () => {
     const redisServer = systemProgram(t, "redis-server", "redis-server");
     if (!redisServer) return;
     const port = await freePort();
-    const redis = spawn(redisServer, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    const startRedis = () => spawn(redisServer, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    let redis = startRedis();
     try {
       await waitForPort(port);
       const shared = ["--model_name_or_path", model, ...SIZE_FLAGS, "--state_store", `redis://127.0.0.1:${port}`];
@@ -494,6 +496,18 @@ describe("serve: the process", () => {
           alone.map((reply) => reply.text),
         );
         assert.deepEqual(alternating.at(-1)!.session, alone.at(-1)!.session);
+
+        // Redis gone: 503 naming the store; Redis back: the server connects again.
+        redis.kill("SIGKILL");
+        await once(redis, "exit");
+        const down = await fetch(`${a.url}/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", session_id: "shared", messages: [user("hi")], max_tokens: 2 }) });
+        assert.equal(down.status, 503);
+        const error = ((await down.json()) as { error: { code: string; message: string } }).error;
+        assert.equal(error.code, "session_store_unavailable");
+        assert.match(error.message, new RegExp(`the session store redis://127.0.0.1:${port} failed`));
+        redis = startRedis();
+        await waitForPort(port);
+        assert.ok((await turn(a.url, { session_id: "after the restart", messages: [user("hi")], max_tokens: 2 })).session.seen_tokens > 0);
       } finally {
         for (const server of [a, b, solo]) server.child.kill("SIGTERM");
         await Promise.all([a.exited, b.exited, solo.exited]);

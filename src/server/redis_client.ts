@@ -42,6 +42,11 @@ export class RedisClient {
     });
   }
 
+  /** Whether the connection failed or closed (a new client must connect). */
+  get closed(): boolean {
+    return this.failure !== null;
+  }
+
   /** Sends one command; resolves to its reply, rejects with a RedisError for an error reply. */
   command(...args: (string | Uint8Array)[]): Promise<RedisReply> {
     if (this.failure) return Promise.reject(this.failure);
