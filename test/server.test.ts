@@ -10,9 +10,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
-import { spawn } from "node:child_process";
-import { once } from "node:events";
-import { connect, createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as transformers from "@huggingface/transformers";
@@ -25,7 +23,7 @@ import { loadTransformersBackend } from "../src/transformers/backend.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { runCli } from "./support/cli.js";
 import { killServers, startServer } from "./support/server.js";
-import { systemProgram } from "./support/system_package.js";
+import { startRedis } from "./support/redis.js";
 
 transformers.env.allowRemoteModels = false;
 
@@ -475,14 +473,10 @@ describe("serve: the process", () => {
   });
 
   it("two processes sharing Redis continue one session alternately, with the text one process gives", async (t) => {
-    const redisServer = systemProgram(t, "redis-server", "redis-server");
-    if (!redisServer) return;
-    const port = await freePort();
-    const startRedis = () => spawn(redisServer, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-    let redis = startRedis();
+    const redis = await startRedis(t);
+    if (!redis) return;
     try {
-      await waitForPort(port);
-      const shared = ["--model_name_or_path", model, ...SIZE_FLAGS, "--state_store", `redis://127.0.0.1:${port}`];
+      const shared = ["--model_name_or_path", model, ...SIZE_FLAGS, "--state_store", redis.url];
       const [a, b] = await Promise.all([startServer(shared), startServer(shared)]);
       const solo = await startServer(["--model_name_or_path", model, ...SIZE_FLAGS, "--state_dir", join(scratch, "solo-state")]);
       try {
@@ -498,48 +492,20 @@ describe("serve: the process", () => {
         assert.deepEqual(alternating.at(-1)!.session, alone.at(-1)!.session);
 
         // Redis gone: 503 naming the store; Redis back: the server connects again.
-        redis.kill("SIGKILL");
-        await once(redis, "exit");
+        await redis.kill();
         const down = await fetch(`${a.url}/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", session_id: "shared", messages: [user("hi")], max_tokens: 2 }) });
         assert.equal(down.status, 503);
         const error = ((await down.json()) as { error: { code: string; message: string } }).error;
         assert.equal(error.code, "session_store_unavailable");
-        assert.match(error.message, new RegExp(`the session store redis://127.0.0.1:${port} failed`));
-        redis = startRedis();
-        await waitForPort(port);
+        assert.match(error.message, new RegExp(`the session store ${redis.url} failed`));
+        await redis.restart();
         assert.ok((await turn(a.url, { session_id: "after the restart", messages: [user("hi")], max_tokens: 2 })).session.seen_tokens > 0);
       } finally {
         for (const server of [a, b, solo]) server.child.kill("SIGTERM");
         await Promise.all([a.exited, b.exited, solo.exited]);
       }
     } finally {
-      redis.kill("SIGTERM");
+      redis.stop();
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createNetServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = connect({ host: "127.0.0.1", port }, () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.on("error", () => resolve(false));
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`nothing listens on port ${port}`);
-}
