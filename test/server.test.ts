@@ -141,6 +141,20 @@ describe("serve: the OpenAI API, through the openai npm client", () => {
     assert.equal(streamedText, text.choices[0].text);
   });
 
+  it("stop ends a reply before its stop string; a seed makes sampling reproducible", async () => {
+    const { client } = running;
+    const messages = [user("a long story please")];
+    const whole = (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24 })).choices[0].message.content ?? "";
+    const stop = whole.slice(10, 13);
+    assert.equal(stop.length, 3, `a reply long enough to cut: ${JSON.stringify(whole)}`);
+    const cut = (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24, stop: [stop, "never appears"] })).choices[0];
+    assert.equal(cut.message.content, whole.slice(0, whole.indexOf(stop)));
+    assert.equal(cut.finish_reason, "stop");
+    const sampled = async (seed: number) => (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24, temperature: 1, seed })).choices[0].message.content;
+    assert.equal(await sampled(5), await sampled(5));
+    assert.notEqual(await sampled(5), whole, "temperature 1 samples instead of decoding greedily");
+  });
+
   it("bad fields get a 400 naming the field; malformed JSON, unknown routes and methods get their errors", async () => {
     const { client, url } = running;
     const cases: [Record<string, unknown>, string][] = [
@@ -154,6 +168,9 @@ describe("serve: the OpenAI API, through the openai npm client", () => {
       [{ messages: [{ role: "wizard", content: "hi" }] }, "messages[0].role"],
       [{ messages: [{ role: "user", content: 42 }] }, "messages[0].content"],
       [{ session_id: "" }, "session_id"],
+      [{ tools: [{ type: "function", function: { name: "f" } }] }, "tools"],
+      [{ logprobs: true }, "logprobs"],
+      [{ response_format: { type: "json_object" } }, "response_format"],
       [{ session_id: "a\nb" }, "session_id"],
     ];
     for (const [fields, param] of cases) {
