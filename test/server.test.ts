@@ -10,8 +10,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
-import { spawn } from "node:child_process";
-import { connect, createServer as createNetServer, type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as transformers from "@huggingface/transformers";
@@ -23,8 +22,8 @@ import { FolderStore } from "../src/server/session_store.js";
 import { loadTransformersBackend } from "../src/transformers/backend.js";
 import { writeTinyTextModel } from "./support/fixtures/tiny_tokenizer.js";
 import { runCli } from "./support/cli.js";
-import { startServer } from "./support/server.js";
-import { systemProgram } from "./support/system_package.js";
+import { killServers, startServer } from "./support/server.js";
+import { startRedis } from "./support/redis.js";
 
 transformers.env.allowRemoteModels = false;
 
@@ -142,6 +141,20 @@ describe("serve: the OpenAI API, through the openai npm client", () => {
     assert.equal(streamedText, text.choices[0].text);
   });
 
+  it("stop ends a reply before its stop string; a seed makes sampling reproducible", async () => {
+    const { client } = running;
+    const messages = [user("a long story please")];
+    const whole = (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24 })).choices[0].message.content ?? "";
+    const stop = whole.slice(10, 13);
+    assert.equal(stop.length, 3, `a reply long enough to cut: ${JSON.stringify(whole)}`);
+    const cut = (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24, stop: [stop, "never appears"] })).choices[0];
+    assert.equal(cut.message.content, whole.slice(0, whole.indexOf(stop)));
+    assert.equal(cut.finish_reason, "stop");
+    const sampled = async (seed: number) => (await client.chat.completions.create({ model: "tiny", messages, max_tokens: 24, temperature: 1, seed })).choices[0].message.content;
+    assert.equal(await sampled(5), await sampled(5));
+    assert.notEqual(await sampled(5), whole, "temperature 1 samples instead of decoding greedily");
+  });
+
   it("bad fields get a 400 naming the field; malformed JSON, unknown routes and methods get their errors", async () => {
     const { client, url } = running;
     const cases: [Record<string, unknown>, string][] = [
@@ -155,6 +168,9 @@ describe("serve: the OpenAI API, through the openai npm client", () => {
       [{ messages: [{ role: "wizard", content: "hi" }] }, "messages[0].role"],
       [{ messages: [{ role: "user", content: 42 }] }, "messages[0].content"],
       [{ session_id: "" }, "session_id"],
+      [{ tools: [{ type: "function", function: { name: "f" } }] }, "tools"],
+      [{ logprobs: true }, "logprobs"],
+      [{ response_format: { type: "json_object" } }, "response_format"],
       [{ session_id: "a\nb" }, "session_id"],
     ];
     for (const [fields, param] of cases) {
@@ -247,6 +263,11 @@ describe("serve: sessions", () => {
     // The stream was fed each message once: the tokens the session has seen are those the turns report.
     const fed = newOnly.reduce((sum, reply) => sum + reply.usage.prompt_tokens + reply.usage.completion_tokens, 0);
     assert.equal(newOnly.at(-1)!.session.seen_tokens, fed - 1, "every token fed once (the last one generated is fed by the next turn)");
+    // Messages after the saved conversation are all fed, an assistant message among them too.
+    const injected = [{ role: "assistant" as const, content: "a note from the client" }, user("go on")];
+    const resent = await turn(url, { session_id: "whole transcript", messages: [...transcript, ...injected], max_tokens: 6 });
+    const lastOnly = await turn(url, { session_id: "new message only", messages: [user("go on")], max_tokens: 6 });
+    assert.ok(resent.usage.prompt_tokens > lastOnly.usage.prompt_tokens, `the client's assistant message was fed (${resent.usage.prompt_tokens} > ${lastOnly.usage.prompt_tokens} tokens)`);
     // A stateless request of the whole transcript is a different thing: one prompt, no session.
     const stateless = await turn(url, { messages: transcript.concat(user("one more")), max_tokens: 6 });
     assert.equal(stateless.session, undefined);
@@ -396,6 +417,8 @@ describe("serve: sessions", () => {
 });
 
 describe("serve: the process", () => {
+  after(killServers);
+
   it("`serve --help` lists its options; conflicting or malformed store options are usage errors", async () => {
     const help = await runCli(["serve", "--help"]);
     assert.equal(help.code, 0);
@@ -467,13 +490,10 @@ describe("serve: the process", () => {
   });
 
   it("two processes sharing Redis continue one session alternately, with the text one process gives", async (t) => {
-    const redisServer = systemProgram(t, "redis-server", "redis-server");
-    if (!redisServer) return;
-    const port = await freePort();
-    const redis = spawn(redisServer, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    const redis = await startRedis(t);
+    if (!redis) return;
     try {
-      await waitForPort(port);
-      const shared = ["--model_name_or_path", model, ...SIZE_FLAGS, "--state_store", `redis://127.0.0.1:${port}`];
+      const shared = ["--model_name_or_path", model, ...SIZE_FLAGS, "--state_store", redis.url];
       const [a, b] = await Promise.all([startServer(shared), startServer(shared)]);
       const solo = await startServer(["--model_name_or_path", model, ...SIZE_FLAGS, "--state_dir", join(scratch, "solo-state")]);
       try {
@@ -487,38 +507,22 @@ describe("serve: the process", () => {
           alone.map((reply) => reply.text),
         );
         assert.deepEqual(alternating.at(-1)!.session, alone.at(-1)!.session);
+
+        // Redis gone: 503 naming the store; Redis back: the server connects again.
+        await redis.kill();
+        const down = await fetch(`${a.url}/chat/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", session_id: "shared", messages: [user("hi")], max_tokens: 2 }) });
+        assert.equal(down.status, 503);
+        const error = ((await down.json()) as { error: { code: string; message: string } }).error;
+        assert.equal(error.code, "session_store_unavailable");
+        assert.match(error.message, new RegExp(`the session store ${redis.url} failed`));
+        await redis.restart();
+        assert.ok((await turn(a.url, { session_id: "after the restart", messages: [user("hi")], max_tokens: 2 })).session.seen_tokens > 0);
       } finally {
         for (const server of [a, b, solo]) server.child.kill("SIGTERM");
         await Promise.all([a.exited, b.exited, solo.exited]);
       }
     } finally {
-      redis.kill("SIGTERM");
+      redis.stop();
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createNetServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = connect({ host: "127.0.0.1", port }, () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.on("error", () => resolve(false));
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`nothing listens on port ${port}`);
-}

@@ -47,7 +47,7 @@ export class SinkCacheError extends Error {
  * so they come back as zeros between the sinks and the window, at the slots (hence positions) they had.
  */
 export interface SinkCacheSnapshot {
-  counters: { batch: number; attended: number; evicted: number; seen: number; sinks_kept: number; sink_shift: number };
+  counters: { batch: number; attended: number; evicted: number; seen: number; sinks_kept: number };
   /** Per layer, [batch, kv_heads, attended, head_dim]. */
   keys: KvArray[];
   values: KvArray[];
@@ -285,7 +285,7 @@ export class SinkCacheState {
       return out;
     };
     return {
-      counters: { batch: this.batch, attended: this.attended, evicted: this.evicted, seen: this.seen, sinks_kept: sinks, sink_shift: this.sinkShift },
+      counters: { batch: this.batch, attended: this.attended, evicted: this.evicted, seen: this.seen, sinks_kept: sinks },
       keys: this.batch === 0 ? [] : this.keyNames.map(attendedOnly),
       values: this.batch === 0 ? [] : this.valueNames.map(attendedOnly),
       sink_keys: this.sinkKeys.map((keys) => keys.slice()),
@@ -295,7 +295,7 @@ export class SinkCacheState {
   /** Continues the stream a {@link save} of a state with this policy and layout took (on a fresh state). */
   load(snapshot: SinkCacheSnapshot): void {
     if (this.batch !== 0) throw new SinkCacheError("a saved stream loads only into a cache that has not streamed yet");
-    const { batch, attended, evicted, seen, sinks_kept, sink_shift } = snapshot.counters;
+    const { batch, attended, evicted, seen, sinks_kept } = snapshot.counters;
     const { capacity, sink_size, compaction_interval } = this.policy;
     const { head_dim, num_kv_heads, num_layers, kv_type } = this.layout;
     const whole = (n: number) => Number.isInteger(n) && n >= 0;
@@ -305,7 +305,7 @@ export class SinkCacheState {
     const kvType = kv_type === "float32" ? Float32Array : Uint16Array;
     const sinkCopies = this.rule.rotation && batch > 0 ? num_layers : 0;
     if (
-      ![batch, attended, evicted, seen, sinks_kept, sink_shift].every(whole) ||
+      ![batch, attended, evicted, seen, sinks_kept].every(whole) ||
       attended > capacity ||
       evicted > compaction_interval ||
       sinks_kept > Math.min(sink_size, attended) ||
@@ -341,7 +341,8 @@ export class SinkCacheState {
     this.evicted = evicted;
     this.seen = seen;
     this.sinksKept = sinks_kept;
-    this.sinkShift = sink_shift;
+    // The sink keys' rotation is not saved: the next pass rotates them again from their pristine copy, to the same values.
+    this.sinkShift = 0;
   }
 
   /** The past key/value tensors to feed, by input name. */

@@ -190,7 +190,7 @@ export class ModelService {
         if (id !== undefined) {
           Object.assign(state, this.session.save());
           const saved = encodeSessionState(state);
-          await this.store.save(id, saved);
+          await this.storeCall(() => this.store.save(id, saved));
           this.remember(id, saved);
           session = { id, seen_tokens: stats.seen_tokens, cached_tokens: stats.cached_tokens, kv_cache_bytes: stats.kv_cache_bytes, state_bytes: saved.byteLength };
         }
@@ -208,7 +208,7 @@ export class ModelService {
   /** A session's state restored onto the backend; a new session, or one whose saved state is unreadable, starts empty. */
   private async open(id: string): Promise<SessionState> {
     const cached = this.store.shared ? undefined : this.memory.get(id);
-    const saved = cached?.state ?? (await this.store.load(id));
+    const saved = cached?.state ?? (await this.storeCall(() => this.store.load(id)));
     if (saved === null) return this.emptyState();
     try {
       const state = decodeSessionState(saved, this.options.state_signature);
@@ -218,6 +218,15 @@ export class ModelService {
       if (!(error instanceof StateRecordError)) throw error;
       this.options.warn(`session ${JSON.stringify(id)}: its saved state in ${this.store.location} cannot be used (${error.message}); starting it anew`);
       return this.emptyState();
+    }
+  }
+
+  /** A store that fails (Redis unreachable, a full disk) is the server's trouble, not the request's: 503 naming it. */
+  private async storeCall<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (error) {
+      throw new ApiError(503, `the session store ${this.store.location} failed: ${(error as Error).message}`, "server_error", null, "session_store_unavailable");
     }
   }
 

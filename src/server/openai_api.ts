@@ -100,6 +100,7 @@ function sessionId(body: Body, header: string | undefined): string | undefined {
 function generationFields(body: Body, header: string | undefined, max_tokens_limit: number): GenerationRequest {
   if (typeof body.model !== "string" || body.model === "") throw invalidField("model", "must be a non-empty string (GET /v1/models lists the model served)");
   optionalNumber(body, "n", (value) => value === 1, "1 (one choice per request)");
+  refuseUnsupported(body);
   const max_tokens_name = body.max_completion_tokens !== undefined && body.max_tokens === undefined ? "max_completion_tokens" : "max_tokens";
   const max_tokens = optionalNumber(
     body,
@@ -131,6 +132,16 @@ function generationFields(body: Body, header: string | undefined, max_tokens_lim
     include_usage,
     session_id: sessionId(body, header),
   };
+}
+
+/** Fields this server cannot honour are refused rather than silently ignored. */
+function refuseUnsupported(body: Body): void {
+  for (const name of ["tools", "functions"]) {
+    if (Array.isArray(body[name]) && (body[name] as unknown[]).length > 0) throw invalidField(name, "tool and function calls are not supported by this server");
+  }
+  if (body.logprobs === true) throw invalidField("logprobs", "log probabilities are not supported by this server");
+  const format = (body.response_format ?? null) as { type?: unknown } | null;
+  if (format !== null && format.type !== "text") throw invalidField("response_format", 'only {"type": "text"} is supported by this server');
 }
 
 /** The text of a message's content: a string, or an array of text parts. */

@@ -16,12 +16,17 @@ interface Pending {
   reject: (error: Error) => void;
 }
 
-/** Thrown by the parser when the buffer ends inside a reply: wait for more bytes. */
-const INCOMPLETE = Symbol("incomplete");
+/** Thrown by the parser when the buffer ends inside a reply: wait until at least `needed` bytes have come. */
+class Incomplete {
+  constructor(readonly needed: number) {}
+}
 
 export class RedisClient {
   private readonly pending: Pending[] = [];
-  private buffer: Buffer = Buffer.alloc(0);
+  /** Bytes received and not parsed yet, joined only once a reply can be complete (a state is megabytes). */
+  private chunks: Buffer[] = [];
+  private received = 0;
+  private needed = 1;
   private failure: Error | null = null;
 
   private constructor(private readonly socket: Socket) {
@@ -40,6 +45,11 @@ export class RedisClient {
         resolve(new RedisClient(socket));
       });
     });
+  }
+
+  /** Whether the connection failed or closed (a new client must connect). */
+  get closed(): boolean {
+    return this.failure !== null;
   }
 
   /** Sends one command; resolves to its reply, rejects with a RedisError for an error reply. */
@@ -68,34 +78,47 @@ export class RedisClient {
   }
 
   private receive(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-    while (this.buffer.length > 0) {
+    this.chunks.push(chunk);
+    this.received += chunk.length;
+    if (this.received < this.needed) return;
+    let buffer = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.received);
+    let at = 0;
+    while (at < buffer.length) {
       let parsed: { reply: RedisReply | RedisError; end: number };
       try {
-        parsed = parseReply(this.buffer, 0);
+        parsed = parseReply(buffer, at);
       } catch (error) {
-        if (error === INCOMPLETE) return;
-        this.fail(error as Error);
-        this.socket.destroy();
+        if (!(error instanceof Incomplete)) {
+          this.fail(error as Error);
+          this.socket.destroy();
+          return;
+        }
+        buffer = buffer.subarray(at);
+        this.needed = error.needed - at;
+        this.chunks = [buffer];
+        this.received = buffer.length;
         return;
       }
-      this.buffer = this.buffer.subarray(parsed.end);
+      at = parsed.end;
       const waiting = this.pending.shift();
       if (!waiting) continue;
       if (parsed.reply instanceof RedisError) waiting.reject(parsed.reply);
       else waiting.resolve(parsed.reply);
     }
+    this.chunks = [];
+    this.received = 0;
+    this.needed = 1;
   }
 }
 
 function lineEnd(buffer: Buffer, from: number): number {
   const end = buffer.indexOf("\r\n", from);
-  if (end < 0) throw INCOMPLETE;
+  if (end < 0) throw new Incomplete(buffer.length + 1);
   return end;
 }
 
 function parseReply(buffer: Buffer, at: number): { reply: RedisReply | RedisError; end: number } {
-  if (at >= buffer.length) throw INCOMPLETE;
+  if (at >= buffer.length) throw new Incomplete(at + 1);
   const type = String.fromCharCode(buffer[at]);
   const end = lineEnd(buffer, at + 1);
   const line = buffer.toString("utf8", at + 1, end);
@@ -110,8 +133,8 @@ function parseReply(buffer: Buffer, at: number): { reply: RedisReply | RedisErro
       const length = Number(line);
       if (length < 0) return { reply: null, end: end + 2 };
       const start = end + 2;
-      if (buffer.length < start + length + 2) throw INCOMPLETE;
-      // A copy: the buffer it came in is reused for later replies.
+      if (buffer.length < start + length + 2) throw new Incomplete(start + length + 2);
+      // A copy, so the reply does not hold the whole receive buffer.
       return { reply: new Uint8Array(buffer.subarray(start, start + length)), end: start + length + 2 };
     }
     case "*": {

@@ -73,34 +73,46 @@ export class FolderStore implements SessionStore {
   async close(): Promise<void> {}
 }
 
-/** Sessions in Redis under `attention-sinks:session:<sha256 of the id>`; SET replaces a value atomically. */
+/**
+ * Sessions in Redis under `attention-sinks:session:<sha256 of the id>`; SET replaces a value atomically. A lost
+ * connection is made again on the next request, so a restarted Redis costs only the requests in flight.
+ */
 export class RedisStore implements SessionStore {
   readonly shared = true;
+  readonly location: string;
 
   private constructor(
-    private readonly client: RedisClient,
-    readonly location: string,
-  ) {}
+    private client: RedisClient,
+    private readonly host: string,
+    private readonly port: number,
+  ) {
+    this.location = `redis://${host}:${port}`;
+  }
 
   static async open(url: string): Promise<RedisStore> {
     const { host, port } = parseRedisUrl(url);
     const client = await RedisClient.connect(host, port);
     await client.command("PING");
-    return new RedisStore(client, `redis://${host}:${port}`);
+    return new RedisStore(client, host, port);
   }
 
   private key(session_id: string): string {
     return `attention-sinks:session:${sessionKey(session_id)}`;
   }
 
+  private async connection(): Promise<RedisClient> {
+    if (this.client.closed) this.client = await RedisClient.connect(this.host, this.port);
+    return this.client;
+  }
+
   async load(session_id: string): Promise<Uint8Array | null> {
-    const value = await this.client.command("GET", this.key(session_id));
+    const value = await (await this.connection()).command("GET", this.key(session_id));
     if (value !== null && !(value instanceof Uint8Array)) throw new Error(`Redis answered GET with ${typeof value}`);
     return value;
   }
 
   async save(session_id: string, state: Uint8Array): Promise<void> {
-    await this.client.command("SET", this.key(session_id), state);
+    await (await this.connection()).command("SET", this.key(session_id), state);
   }
 
   async close(): Promise<void> {

@@ -16,7 +16,7 @@ import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
 const STREAM_RECORD = "attention-sinks stream";
-const COUNTER_NAMES = ["batch", "attended", "evicted", "seen", "sinks_kept", "sink_shift"] as const satisfies readonly (keyof SinkCacheSnapshot["counters"])[];
+const COUNTER_NAMES = ["batch", "attended", "evicted", "seen", "sinks_kept"] as const satisfies readonly (keyof SinkCacheSnapshot["counters"])[];
 
 /** Inputs of a streaming forward pass (transformers.js names). */
 export interface StreamingForwardInputs {

@@ -12,9 +12,13 @@ export interface ServerProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+const started = new Set<ChildProcess>();
+
 /** Starts `serve` with `args` (plus `--port 0`) and resolves once it listens. */
 export function startServer(args: readonly string[]): Promise<ServerProcess> {
   const child = spawn(process.execPath, [CLI, "serve", "--port", "0", ...args], { stdio: ["ignore", "ignore", "pipe"] });
+  started.add(child);
+  child.on("exit", () => started.delete(child));
   let stderr = "";
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   return new Promise((resolve, reject) => {
@@ -25,4 +29,9 @@ export function startServer(args: readonly string[]): Promise<ServerProcess> {
     });
     void exited.then(({ code, signal }) => reject(new Error(`serve exited (${code ?? signal}) before listening:\n${stderr}`)));
   });
+}
+
+/** Kills every server still running (a test that failed half-way leaves them, and they would keep the test file alive). */
+export function killServers(): void {
+  for (const child of started) child.kill("SIGKILL");
 }
