@@ -37,7 +37,7 @@ describe("NaN logits", () => {
   it("stop a generation session, greedy or sampling", async () => {
     for (const do_sample of [false, true]) {
       const session = new GenerationSession(stream(3));
-      await assert.rejects(session.generate([1, 4], { max_new_tokens: 10, do_sample }), /NaN logits: its weights or config hold non-finite values/);
+      await assert.rejects(session.generate([1, 4], { max_new_tokens: 10, min_new_tokens: 10, do_sample }), /NaN logits: its weights or config hold non-finite values/);
     }
     const healthy = await new GenerationSession(stream(100)).generate([1, 4], { max_new_tokens: 10, min_new_tokens: 10 });
     assert.equal(healthy.new_tokens, 10);
