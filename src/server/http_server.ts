@@ -15,6 +15,8 @@ import {
   parseCompletionRequest,
   textCompletion,
   usageChunk,
+  type ChatRequest,
+  type CompletionRequest,
   type GenerationRequest,
   type ResponseHeader,
 } from "./openai_api.js";
@@ -34,6 +36,7 @@ export function createApiServer(service: ModelService, options: ApiServerOptions
   const keyDigest = options.api_key === undefined ? null : digest(options.api_key);
   return createServer((request, response) => {
     handle(request, response).catch((error: unknown) => {
+      if (response.destroyed) return; // the client went away: its request was dropped or stopped, nothing to answer
       const apiError = error instanceof ApiError ? error : new ApiError(500, "the server failed to answer: see its log", "server_error");
       if (!(error instanceof ApiError)) options.log(`${request.method} ${request.url}: ${(error as Error).stack ?? String(error)}`);
       if (!response.headersSent) sendJson(response, apiError.status, apiError.body(), apiError.headers);
@@ -52,8 +55,9 @@ export function createApiServer(service: ModelService, options: ApiServerOptions
     if (route === "GET /v1/models") return sendJson(response, 200, modelList(service.model, created));
     if (request.method === "GET" && path.startsWith("/v1/models/")) {
       const [model] = modelList(service.model, created).data;
-      if (decodeURIComponent(path.slice("/v1/models/".length)) !== model.id) {
-        throw new ApiError(404, `no model ${path.slice("/v1/models/".length)}: this server serves ${model.id}`, "invalid_request_error", "model", "model_not_found");
+      const asked = path.slice("/v1/models/".length);
+      if (asked !== encodeURIComponent(model.id) && asked !== model.id) {
+        throw new ApiError(404, `no model ${asked}: this server serves ${model.id}`, "invalid_request_error", "model", "model_not_found");
       }
       return sendJson(response, 200, model);
     }
@@ -75,7 +79,7 @@ export function createApiServer(service: ModelService, options: ApiServerOptions
     throw new ApiError(404, `no route ${request.method} ${path}: this server answers GET /v1/models, POST /v1/chat/completions and POST /v1/completions`, "invalid_request_error", null, "not_found");
   }
 
-  async function chat(request: ReturnType<typeof parseChatRequest>, response: ServerResponse, signal: AbortSignal): Promise<void> {
+  async function chat(request: ChatRequest, response: ServerResponse, signal: AbortSignal): Promise<void> {
     const header = responseHeader("chatcmpl", request);
     if (!request.stream) {
       const outcome = await service.chat(request, { signal });
@@ -95,7 +99,7 @@ export function createApiServer(service: ModelService, options: ApiServerOptions
     events.done();
   }
 
-  async function complete(request: ReturnType<typeof parseCompletionRequest>, response: ServerResponse, signal: AbortSignal): Promise<void> {
+  async function complete(request: CompletionRequest, response: ServerResponse, signal: AbortSignal): Promise<void> {
     const header = responseHeader("cmpl", request);
     if (!request.stream) {
       const outcome = await service.complete(request, { signal });

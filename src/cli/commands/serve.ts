@@ -36,7 +36,13 @@ const spec = {
       metavar: "URL",
       description: "save sessions in Redis instead (redis://HOST:PORT), so that several server processes share them",
     },
-    max_sessions: { type: "integer", min: 1, default: 256, metavar: "N", description: "sessions kept in memory; the least recently used beyond N are read back from the store" },
+    max_sessions: {
+      type: "integer",
+      min: 1,
+      default: 16,
+      metavar: "N",
+      description: "sessions kept in memory with a folder store, each its saved state (the KV of sink + window); the least recently used beyond N are read back from the store",
+    },
     session_idle_seconds: { type: "integer", min: 1, default: 300, metavar: "S", description: "a session unused for S seconds leaves memory (it stays in the store)" },
     max_queue: { type: "integer", min: 1, default: 32, metavar: "N", description: "requests that may wait for the model; more are answered 429 with Retry-After" },
     max_new_tokens: {
