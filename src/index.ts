@@ -46,7 +46,7 @@ export {
 } from "./cache/options.js";
 export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
 export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";
-export { ConversionError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
+export { ConversionError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, convertCheckpointToGguf, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
 export {
   evaluatePerplexity,
   loadTextSamples,

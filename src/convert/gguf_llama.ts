@@ -2,17 +2,24 @@
  * GGUF files of the "llama" architecture with a SentencePiece ("llama") tokenizer, as llama.cpp writes
  * them: hyper-parameters under `llama.*`, the vocabulary under `tokenizer.ggml.*`, tensors under ggml
  * names. llama.cpp rotates RoPE pairs (2i, 2i + 1) for this architecture, so queries and keys are stored
- * in Meta's interleaved layout (converters un-permute Hugging Face weights into it) and are permuted into
- * rotate_half on reading.
+ * in Meta's interleaved layout (converters un-permute Hugging Face weights into it): they are permuted into
+ * rotate_half on reading, and back on writing.
  */
-import type { WeightTensor } from "../architecture/decoder_spec.js";
+import { weightShapes, type WeightTensor } from "../architecture/decoder_spec.js";
 import type { RopeScaling } from "../positions/rope.js";
+import { basename } from "node:path";
 import { BoundedReader, type ByteSource } from "./bounded_reader.js";
 import { checkWeightShapes, type Checkpoint, type TensorEntry } from "./checkpoint.js";
-import { readGguf, readGgufTensor, type GgufValue, type GgufTensorInfo, DECODABLE_GGML_TYPES } from "./gguf.js";
+import { ConversionError } from "./errors.js";
+import { readGguf, readGgufTensor, writeGguf, type GgufEntry, type GgufValue, type GgufTensorInfo, type GgufTensorSource, DECODABLE_GGML_TYPES } from "./gguf.js";
 import { llamaDecoderSpec, llamaModelFiles, type LlamaModelInfo } from "./hf_llama.js";
-import { withRotateHalfQueryKey } from "./rope_permutation.js";
-import { sentencePieceTokenizerFiles, type PieceKind, type SentencePieceVocab } from "./sentencepiece_tokenizer.js";
+import { withInterleavedQueryKey, withRotateHalfQueryKey } from "./rope_permutation.js";
+import {
+  sentencePieceTokenizerFiles,
+  sentencePieceVocabFromTokenizerJson,
+  type PieceKind,
+  type SentencePieceVocab,
+} from "./sentencepiece_tokenizer.js";
 
 /** GGUF's tokenizer.ggml.token_type values, from 1. */
 const PIECE_KINDS: readonly PieceKind[] = ["normal", "unknown", "control", "user_defined", "unused", "byte"];
@@ -90,13 +97,15 @@ export function readGgufCheckpoint(source: ByteSource): Checkpoint {
     bosId: meta.integer("tokenizer.ggml.bos_token_id", 1),
     eosId: meta.integer("tokenizer.ggml.eos_token_id", 2),
   };
-  const tokenizerFiles = sentencePieceTokenizerFiles(vocabulary(meta, spec.vocab_size, info), reader.name);
+  const pieces = vocabulary(meta, spec.vocab_size, info);
+  const tokenizerFiles = sentencePieceTokenizerFiles(pieces, reader.name);
   return {
     source: reader.name,
     inputs: [reader.name],
     spec,
     tensors: withRotateHalfQueryKey(spec, tensors),
     files: llamaModelFiles(spec, info, tokenizerFiles),
+    vocabulary: pieces,
     close() {
       source.close();
     },
@@ -212,4 +221,88 @@ class Metadata {
 function describe(value: GgufValue): string {
   if (Array.isArray(value)) return `an array of ${value.length}`;
   return typeof value === "string" ? JSON.stringify(value.slice(0, 40)) : String(value);
+}
+
+/** Hugging Face weight name -> ggml tensor name, the inverse of {@link huggingFaceName}. */
+function ggmlName(name: string): string {
+  const layer = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(name);
+  const table = layer ? LAYER_TENSORS : GLOBAL_TENSORS;
+  for (const [ggml, hf] of table) {
+    if (layer ? hf === layer[2] : hf === name) return layer ? `blk.${layer[1]}.${ggml}.weight` : ggml;
+  }
+  throw new Error(`no ggml name for the weight ${name}`);
+}
+
+/**
+ * Writes a checkpoint as a GGUF version 3 file of the llama architecture with float32 weights, as llama.cpp
+ * loads it: a tied classifier is left out (llama.cpp then reuses token_embd), queries and keys go back to
+ * the interleaved layout, and the vocabulary is stored as SentencePiece pieces.
+ * @param onWeight called after each weight is written.
+ */
+export function writeLlamaGguf(checkpoint: Checkpoint, path: string, onWeight?: () => void): void {
+  const { spec, files, source } = checkpoint;
+  const fail = (problem: string) => new ConversionError(source, problem);
+  if (spec.positions.kind !== "rope") throw fail("only rotary-position (llama) models can be written as GGUF");
+  const { rope } = spec.positions;
+  const config = JSON.parse(files.get("config.json") ?? "{}") as Record<string, unknown>;
+  const firstId = (value: unknown, fallback: number) => (typeof value === "number" ? value : Array.isArray(value) && typeof value[0] === "number" ? value[0] : fallback);
+  const info = {
+    bosId: firstId(config.bos_token_id, 1),
+    eosId: firstId(config.eos_token_id, 2),
+    vocabSize: spec.vocab_size,
+    modelMaxLength: typeof config.max_position_embeddings === "number" ? config.max_position_embeddings : 2048,
+  };
+  const vocab =
+    checkpoint.vocabulary ??
+    sentencePieceVocabFromTokenizerJson(files.get("tokenizer.json") ?? "{}", files.get("tokenizer_config.json") ?? "{}", info, `${source} (tokenizer.json)`);
+
+  const metadata = new Map<string, GgufEntry>();
+  const u32 = (key: string, value: number) => metadata.set(key, { type: "uint32", value });
+  const f32 = (key: string, value: number) => metadata.set(key, { type: "float32", value });
+  metadata.set("general.architecture", { type: "string", value: "llama" });
+  metadata.set("general.name", { type: "string", value: basename(source) });
+  u32("general.file_type", 0); // all float32
+  u32("llama.vocab_size", spec.vocab_size);
+  u32("llama.context_length", info.modelMaxLength);
+  u32("llama.embedding_length", spec.hidden_size);
+  u32("llama.block_count", spec.num_layers);
+  u32("llama.feed_forward_length", spec.intermediate_size);
+  u32("llama.attention.head_count", spec.num_heads);
+  u32("llama.attention.head_count_kv", spec.num_kv_heads);
+  u32("llama.attention.key_length", spec.head_dim);
+  u32("llama.attention.value_length", spec.head_dim);
+  u32("llama.rope.dimension_count", rope.rotary_dim);
+  f32("llama.attention.layer_norm_rms_epsilon", spec.norm_eps);
+  f32("llama.rope.freq_base", rope.theta);
+  if (rope.scaling) {
+    if (rope.scaling.rope_type !== "linear") throw fail(`RoPE scaling "${rope.scaling.rope_type}" cannot be written as GGUF (supported: none, linear)`);
+    metadata.set("llama.rope.scaling.type", { type: "string", value: "linear" });
+    f32("llama.rope.scaling.factor", rope.scaling.factor);
+  }
+  metadata.set("tokenizer.ggml.model", { type: "string", value: "llama" });
+  metadata.set("tokenizer.ggml.tokens", { type: "array", element: "string", values: vocab.pieces.map((piece) => piece.text) });
+  metadata.set("tokenizer.ggml.scores", { type: "array", element: "float32", values: vocab.pieces.map((piece) => piece.score) });
+  metadata.set("tokenizer.ggml.token_type", { type: "array", element: "int32", values: vocab.pieces.map((piece) => PIECE_KINDS.indexOf(piece.kind) + 1) });
+  u32("tokenizer.ggml.bos_token_id", vocab.bosId);
+  u32("tokenizer.ggml.eos_token_id", vocab.eosId);
+  u32("tokenizer.ggml.unknown_token_id", vocab.unkId);
+  if (vocab.padId !== undefined) u32("tokenizer.ggml.padding_token_id", vocab.padId);
+  metadata.set("tokenizer.ggml.add_bos_token", { type: "bool", value: vocab.addBos });
+  metadata.set("tokenizer.ggml.add_eos_token", { type: "bool", value: vocab.addEos });
+  metadata.set("tokenizer.ggml.add_space_prefix", { type: "bool", value: vocab.addSpacePrefix });
+
+  const weights = withInterleavedQueryKey(spec, checkpoint.tensors);
+  const tensors = [...weightShapes(spec)].map(([name, shape]): GgufTensorSource => ({
+    name: ggmlName(name),
+    // ggml lists the fastest-varying dimension first.
+    dims: [...shape].reverse(),
+    load() {
+      const entry = weights.get(name);
+      if (!entry) throw fail(`the weight ${name} is missing`);
+      const { data } = entry.load();
+      onWeight?.();
+      return data;
+    },
+  }));
+  writeGguf(path, metadata, tensors);
 }
