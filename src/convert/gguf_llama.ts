@@ -5,13 +5,13 @@
  * in Meta's interleaved layout (converters un-permute Hugging Face weights into it): they are permuted into
  * rotate_half on reading, and back on writing.
  */
-import { weightShapes, type WeightTensor } from "../architecture/decoder_spec.js";
+import { weightShapes, type DecoderSpec, type WeightTensor } from "../architecture/decoder_spec.js";
 import type { RopeScaling } from "../positions/rope.js";
 import { basename } from "node:path";
 import { BoundedReader, type ByteSource } from "./bounded_reader.js";
 import { checkWeightShapes, type Checkpoint, type TensorEntry } from "./checkpoint.js";
 import { ConversionError } from "./errors.js";
-import { readGguf, readGgufTensor, writeGguf, type GgufEntry, type GgufValue, type GgufTensorInfo, type GgufTensorSource, DECODABLE_GGML_TYPES } from "./gguf.js";
+import { readGguf, readGgufTensor, writeGguf, type GgufEntry, type GgufFile, type GgufValue, type GgufTensorInfo, type GgufTensorSource, DECODABLE_GGML_TYPES } from "./gguf.js";
 import { llamaDecoderSpec, llamaModelFiles, type LlamaModelInfo } from "./hf_llama.js";
 import { withInterleavedQueryKey, withRotateHalfQueryKey } from "./rope_permutation.js";
 import {
@@ -46,6 +46,42 @@ const GLOBAL_TENSORS: ReadonlyMap<string, string> = new Map([
 /** Opens a GGUF llama checkpoint. */
 export function readGgufCheckpoint(source: ByteSource): Checkpoint {
   const reader = new BoundedReader(source);
+  const { gguf, spec, files, vocabulary: pieces } = readDescription(reader);
+  const tensors = new Map<string, TensorEntry>();
+  for (const tensor of gguf.tensors) tensors.set(huggingFaceName(reader, tensor), tensorEntry(reader, tensor));
+  checkWeightShapes(reader.name, spec, tensors);
+  return {
+    source: reader.name,
+    inputs: [reader.name],
+    spec,
+    tensors: withRotateHalfQueryKey(spec, tensors),
+    files,
+    vocabulary: pieces,
+    close() {
+      source.close();
+    },
+  };
+}
+
+/** What a GGUF llama model is, read from its header: the architecture and the files of its model directory. */
+export interface GgufModelDescription {
+  spec: DecoderSpec;
+  /** `config.json`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`, as text. */
+  files: Map<string, string>;
+}
+
+/**
+ * Describes a GGUF llama model without reading its weights, whatever their types (engines that run GGUF
+ * files read quantizations the converter cannot).
+ */
+export function describeGgufModel(source: ByteSource): GgufModelDescription {
+  const reader = new BoundedReader(source);
+  const { gguf, spec, files } = readDescription(reader);
+  for (const tensor of gguf.tensors) huggingFaceName(reader, tensor);
+  return { spec, files };
+}
+
+function readDescription(reader: BoundedReader): { gguf: GgufFile; spec: DecoderSpec; files: Map<string, string>; vocabulary: SentencePieceVocab } {
   const gguf = readGguf(reader);
   const meta = new Metadata(reader, gguf.metadata);
   const architecture = meta.string("general.architecture");
@@ -80,46 +116,27 @@ export function readGgufCheckpoint(source: ByteSource): Checkpoint {
     },
     (problem) => reader.fail(problem),
   );
-
-  const tensors = new Map<string, TensorEntry>();
-  for (const tensor of gguf.tensors) {
-    const name = huggingFaceName(tensor.name);
-    if (!name) {
-      const hint = tensor.name === "rope_freqs.weight" ? " (Llama 3 RoPE frequency factors are not supported)" : "";
-      throw reader.fail(`unexpected tensor ${tensor.name}${hint}`);
-    }
-    tensors.set(name, tensorEntry(reader, tensor));
-  }
-  checkWeightShapes(reader.name, spec, tensors);
-
   const info: LlamaModelInfo = {
     maxPositions: meta.integer("llama.context_length"),
     bosId: meta.integer("tokenizer.ggml.bos_token_id", 1),
     eosId: meta.integer("tokenizer.ggml.eos_token_id", 2),
   };
   const pieces = vocabulary(meta, spec.vocab_size, info);
-  const tokenizerFiles = sentencePieceTokenizerFiles(pieces, reader.name);
-  return {
-    source: reader.name,
-    inputs: [reader.name],
-    spec,
-    tensors: withRotateHalfQueryKey(spec, tensors),
-    files: llamaModelFiles(spec, info, tokenizerFiles),
-    vocabulary: pieces,
-    close() {
-      source.close();
-    },
-  };
+  const files = llamaModelFiles(spec, info, sentencePieceTokenizerFiles(pieces, reader.name));
+  return { gguf, spec, files, vocabulary: pieces };
 }
 
-/** `blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`, and so on; undefined for others. */
-function huggingFaceName(ggmlName: string): string | undefined {
+/** `blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`, and so on; other tensors are refused. */
+function huggingFaceName(reader: BoundedReader, tensor: GgufTensorInfo): string {
+  const ggmlName = tensor.name;
   const layer = /^blk\.(0|[1-9]\d*)\.([a-z_]+)\.weight$/.exec(ggmlName);
-  if (layer) {
-    const suffix = LAYER_TENSORS.get(layer[2]);
-    return suffix === undefined ? undefined : `model.layers.${layer[1]}.${suffix}.weight`;
+  const suffix = layer ? LAYER_TENSORS.get(layer[2]) : undefined;
+  const name = layer ? (suffix === undefined ? undefined : `model.layers.${layer[1]}.${suffix}.weight`) : GLOBAL_TENSORS.get(ggmlName);
+  if (name === undefined) {
+    const hint = ggmlName === "rope_freqs.weight" ? " (Llama 3 RoPE frequency factors are not supported)" : "";
+    throw reader.fail(`unexpected tensor ${ggmlName}${hint}`);
   }
-  return GLOBAL_TENSORS.get(ggmlName);
+  return name;
 }
 
 function tensorEntry(reader: BoundedReader, tensor: GgufTensorInfo): TensorEntry {

@@ -2,4 +2,4 @@
 export { convertCheckpoint, convertCheckpointToGguf, type ConvertOptions } from "./convert.js";
 export { ConversionError } from "./errors.js";
 export { checkModelFiles, checkTokenizerFiles } from "./model_directory.js";
-export { DEFAULT_CONVERSION_CACHE, resolveModelSource, type ResolveModelSourceOptions } from "./model_source.js";
+export { DEFAULT_CONVERSION_CACHE, resolveGgufSource, resolveModelSource, type ResolveModelSourceOptions } from "./model_source.js";

@@ -2,13 +2,14 @@
  * Lets every place that names a model also take a convertible checkpoint: the checkpoint is converted once
  * into a cache folder keyed by its content, and later calls reuse that folder.
  */
-import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
-import { basename, isAbsolute, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeModelDirectory } from "./convert.js";
+import { writeLlamaGguf } from "./gguf_llama.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { checkModelFiles } from "./model_directory.js";
 import { ConversionError } from "./errors.js";
@@ -77,6 +78,50 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
   } finally {
     checkpoint.close();
   }
+}
+
+/**
+ * What llama.cpp loads for `path`: a GGUF file of version 2 or 3 as it is; any other checkpoint the package
+ * reads (GGUF version 1, which llama.cpp refuses, llama2.c, a Hugging Face directory) converted once into a
+ * GGUF version 3 file in the cache, keyed by its content as {@link resolveModelSource} keys directories.
+ */
+export async function resolveGgufSource(path: string, options: ResolveModelSourceOptions = {}): Promise<string> {
+  if (!existsSync(path)) throw new ConversionError(path, "does not exist");
+  if (llamaCppReadsGguf(path)) {
+    if (options.tokenizer !== undefined) throw new ConversionError(options.tokenizer, "a tokenizer file is only used with llama2.c checkpoints");
+    return resolve(path);
+  }
+  const checkpoint = openCheckpoint(path, options.tokenizer);
+  try {
+    const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, `${await contentKey(checkpoint.inputs)}.gguf`);
+    if (existsSync(target)) return target;
+    options.onConvert?.(path, target);
+    mkdirSync(dirname(target), { recursive: true });
+    const staging = `${target}.partial-${randomBytes(6).toString("hex")}`;
+    try {
+      writeLlamaGguf(checkpoint, staging);
+      renameSync(staging, target);
+    } finally {
+      rmSync(staging, { force: true });
+    }
+    return target;
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/** Whether `path` is a file with the GGUF magic and version 2 or 3. */
+function llamaCppReadsGguf(path: string): boolean {
+  if (statSync(path).isDirectory()) return false;
+  const header = Buffer.alloc(8);
+  const fd = openSync(path, "r");
+  try {
+    if (readSync(fd, header, 0, 8, 0) < 8) return false;
+  } finally {
+    closeSync(fd);
+  }
+  const version = header.readUInt32LE(4);
+  return header.toString("latin1", 0, 4) === "GGUF" && (version === 2 || version === 3);
 }
 
 /** A directory transformers.js loads as is. The cache only ever holds complete ones (they are renamed in). */
