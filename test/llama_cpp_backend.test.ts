@@ -144,6 +144,30 @@ describe("llama.cpp backend on the shared models", () => {
     assert.equal(half.stats().kv_cache_bytes * 2, onnx.stats().kv_cache_bytes);
   });
 
+  it("attention_sink_eviction_interval evicts in blocks: the cache stays within one block of full, at a measured cost in NLL", async (t) => {
+    const model = MODELS[0];
+    if (!(await requireLlamaCpp(t)) || !sharedFiles(t, model.source, "data/tinystories_valid.txt")) return;
+    const { onnx } = await loadBoth(t, model, SIZES);
+    const blocks = await loadLlamaCppBackend(model.gguf, { ...SIZES, attention_sink_eviction_interval: 8 });
+    t.after(() => blocks.dispose());
+    const ids = storyIds(onnx, 600);
+    const expected = await streamNll(onnx, ids);
+    const actual: number[] = [nll(await blocks.feed(ids.slice(0, 100)), ids[100])];
+    const attended = new Set<number>();
+    for (let i = 100; i < ids.length - 1; i++) {
+      actual.push(nll(await blocks.feed([ids[i]]), ids[i + 1]));
+      attended.add(blocks.stats().cached_tokens);
+    }
+    // Full at 63 tokens: each block of 8 evictions leaves 55, and the cache refills to 63.
+    assert.deepEqual([...attended].sort((a, b) => a - b), [56, 57, 58, 59, 60, 61, 62, 63]);
+    const worst = Math.max(...expected.map((value, i) => Math.abs(actual[i] - value)));
+    const ppl = (values: number[]) => Math.exp(values.reduce((a, b) => a + b, 0) / values.length);
+    t.diagnostic(`evicting 8 at a time: ppl ${ppl(actual).toFixed(4)} against ${ppl(expected).toFixed(4)} evicting every token; max |d nll| ${worst.toExponential(2)}`);
+    assert.ok(worst > 1e-3, "attending to fewer tokens must change the NLL");
+    assert.ok(Math.abs(ppl(actual) / ppl(expected) - 1) < 0.05);
+    await assert.rejects(loadLlamaCppBackend(model.gguf, { ...SIZES, attention_sink_eviction_interval: 60 }), /attention_sink_eviction_interval must be an integer from 1 to the window \(59\), got 60/);
+  });
+
   it("greedy generation from BOS reproduces the reference ids before the cache fills", async (t) => {
     const reference = sharedReference(t);
     if (!(await requireLlamaCpp(t)) || !reference || !sharedFiles(t, ...MODELS.map((model) => model.source))) return;

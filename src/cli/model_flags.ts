@@ -70,6 +70,12 @@ export const RUNTIME_FLAGS = flags({
     metavar: "N",
     description: "llama.cpp, --experiment transformers: the most tokens the dense cache holds (default: the model's context length)",
   },
+  attention_sink_eviction_interval: {
+    type: "integer",
+    min: 1,
+    metavar: "N",
+    description: "llama.cpp: evict N window tokens at a time once full (default 1, exact); one K-shift per N tokens, attending to sink + window - N + 1 to sink + window tokens",
+  },
 });
 
 export const SAMPLING_FLAGS = flags({
@@ -100,8 +106,8 @@ export function requiredString(value: string | undefined, name: string): string 
 
 /** The load options the runtime flags give. */
 export function runtimeOptions(values: FlagValues<typeof RUNTIME_FLAGS>): Pick<StreamingLoadOptions, keyof typeof RUNTIME_FLAGS> {
-  const { backend, dtype, device, kv_cache_type, threads, context_size } = values;
-  return { backend, dtype, device, kv_cache_type, threads, context_size };
+  const { backend, dtype, device, kv_cache_type, threads, context_size, attention_sink_eviction_interval } = values;
+  return { backend, dtype, device, kv_cache_type, threads, context_size, attention_sink_eviction_interval };
 }
 
 /** Loads the stream the flags describe; sizes or engine options the model cannot take are usage errors naming the flags. */

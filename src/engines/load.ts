@@ -11,7 +11,9 @@ import { loadTransformersBackend, type BackendLoadOptions } from "../transformer
 export const BACKENDS = ["onnxruntime", "llama.cpp"] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
-export interface StreamingLoadOptions extends BackendLoadOptions, Pick<LlamaCppLoadOptions, "kv_cache_type" | "context_size"> {
+export interface StreamingLoadOptions
+  extends BackendLoadOptions,
+    Pick<LlamaCppLoadOptions, "kv_cache_type" | "context_size" | "attention_sink_eviction_interval"> {
   /** The engine (default: llama.cpp for a `.gguf` file, onnxruntime for anything else). */
   backend?: BackendName;
 }
@@ -19,7 +21,7 @@ export interface StreamingLoadOptions extends BackendLoadOptions, Pick<LlamaCppL
 /** Options that only one engine takes, by the engine that takes them. */
 const ENGINE_OPTIONS: Record<BackendName, readonly (keyof StreamingLoadOptions)[]> = {
   onnxruntime: ["dtype", "device"],
-  "llama.cpp": ["kv_cache_type", "context_size"],
+  "llama.cpp": ["kv_cache_type", "context_size", "attention_sink_eviction_interval"],
 };
 
 /** An option given for an engine that does not take it. */

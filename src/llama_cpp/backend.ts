@@ -17,7 +17,7 @@ import { availableParallelism } from "node:os";
 import { LlamaTokenizer } from "@huggingface/transformers";
 import type { FeedOptions, StreamingBackend } from "../backend/backend.js";
 import { experimentCache, type CacheSizes, type Experiment } from "../backend/experiments.js";
-import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE, resolveSinkPolicy, type SinkPolicy } from "../cache/options.js";
+import { AttentionSinkOptionError, DEFAULT_ATTENTION_SINK_WINDOW_SIZE, resolveSinkPolicy, type SinkPolicy } from "../cache/options.js";
 import { nextChunkLength, type SinkCacheStats } from "../cache/sink_cache.js";
 import type { AttentionSinkSettings } from "../cache/streaming_policy.js";
 import { openFileSource } from "../convert/bounded_reader.js";
@@ -44,6 +44,13 @@ export interface LlamaCppLoadOptions extends CacheSizes, Pick<ResolveModelSource
   threads?: number;
   /** Cells of a dense (`transformers`) cache, the most tokens it holds (default: the model's context length). */
   context_size?: number;
+  /**
+   * Advanced: once the cache is full, evict this many window tokens at a time (default 1, which keeps exactly
+   * sink + window tokens on every step). Each eviction costs llama.cpp one K-shift over the whole cache; a
+   * larger interval runs one per that many tokens, and tokens then attend to between
+   * `sink + window - interval + 1` and `sink + window` tokens instead of always `sink + window`.
+   */
+  attention_sink_eviction_interval?: number;
 }
 
 /** The engine objects a stream holds. */
@@ -57,6 +64,7 @@ interface Engine {
 }
 
 const NO_LOGITS = new Uint32Array(0);
+const LAST_TOKEN = new Uint32Array(1);
 
 /** A stream through llama.cpp's KV cache: a sink cache when `policy` is given, else dense. */
 export class LlamaCppStream implements StreamingBackend {
@@ -70,12 +78,16 @@ export class LlamaCppStream implements StreamingBackend {
   private next = 0;
   private seen = 0;
   private readonly logits: Float32Array;
+  /** The tokens of the pass being queued (a chunk never exceeds the cells). */
+  private readonly batchTokens: Uint32Array;
 
   constructor(
     private readonly engine: Engine,
     readonly tokenizer: TransformersTokenizer,
     readonly eos_token_ids: readonly number[],
     private readonly policy: SinkPolicy | null,
+    /** Window tokens evicted at a time once the cache is full. */
+    private readonly evictionInterval: number,
     readonly window_tokens: number,
     /** Cells the context holds. */
     private readonly cells: number,
@@ -84,6 +96,7 @@ export class LlamaCppStream implements StreamingBackend {
   ) {
     this.endless = policy !== null;
     this.logits = new Float32Array(vocabSize);
+    this.batchTokens = new Uint32Array(cells);
   }
 
   get attention_sinks(): AttentionSinkSettings | null {
@@ -111,8 +124,10 @@ export class LlamaCppStream implements StreamingBackend {
         );
       }
       const last = start + n === tokens.length;
+      for (let i = 0; i < n; i++) this.batchTokens[i] = tokens[start + i];
+      LAST_TOKEN[0] = n - 1;
       native.initBatch(n);
-      const indices = native.addToBatch(sequenceId, this.next, Uint32Array.from(tokens.slice(start, start + n)), last ? Uint32Array.of(n - 1) : NO_LOGITS);
+      const indices = native.addToBatch(sequenceId, this.next, this.batchTokens.subarray(0, n), last ? LAST_TOKEN : NO_LOGITS);
       await native.decodeBatch();
       if (last) batchIndex = indices[0];
       this.advance(n);
@@ -149,8 +164,9 @@ export class LlamaCppStream implements StreamingBackend {
     const { native, sequenceId } = this.engine;
     const excess = this.attended + n - this.policy!.capacity;
     if (excess > 0) {
-      native.removeTokenCellsFromSequence(sequenceId, this.windowStart, this.windowStart + excess);
-      this.windowStart += excess;
+      const evicted = Math.min(Math.max(excess, this.evictionInterval), this.next - this.windowStart);
+      native.removeTokenCellsFromSequence(sequenceId, this.windowStart, this.windowStart + evicted);
+      this.windowStart += evicted;
     }
     const gap = this.windowStart - this.sinks;
     if (gap > 0 && (this.sinks > 0 || gap > this.policy!.capacity)) {
@@ -207,6 +223,12 @@ export async function loadLlamaCppBackend(nameOrPath: string, options: LlamaCppL
     experiment === "transformers" ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : resolveSinkPolicy({ attention_sink_size: sinks }, budget).window_size;
   const { sink_options, window_tokens } = experimentCache(experiment, options, defaultWindow);
   const policy = sink_options && resolveSinkPolicy(sink_options, budget);
+  const evictionInterval = options.attention_sink_eviction_interval ?? 1;
+  if (!Number.isInteger(evictionInterval) || evictionInterval < 1 || (policy && evictionInterval > policy.window_size)) {
+    throw new AttentionSinkOptionError(
+      `attention_sink_eviction_interval must be an integer from 1 to the window (${policy?.window_size ?? "its size"}), got ${evictionInterval}`,
+    );
+  }
   const cells = policy?.capacity ?? options.context_size ?? config.max_position_embeddings;
 
   const kvType = options.kv_cache_type ?? "f32";
@@ -237,7 +259,7 @@ export async function loadLlamaCppBackend(nameOrPath: string, options: LlamaCppL
       },
     };
     const bytesPerToken = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * (kvType === "f32" ? 4 : 2);
-    return new LlamaCppStream(engine, tokenizer, [generation.eos_token_id ?? []].flat(), policy, window_tokens, context.contextSize, bytesPerToken, spec.vocab_size);
+    return new LlamaCppStream(engine, tokenizer, [generation.eos_token_id ?? []].flat(), policy, evictionInterval, window_tokens, context.contextSize, bytesPerToken, spec.vocab_size);
   } catch (error) {
     await model.dispose();
     throw error;
