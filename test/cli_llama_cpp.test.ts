@@ -3,31 +3,17 @@
  * chosen by default for a `.gguf` model, options of the other engine refused by name, and the install
  * command when node-llama-cpp is missing. (Its agreement with onnxruntime is in llama_cpp_backend.test.ts.)
  */
-import { describe, it, type TestContext } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { importNodeLlamaCpp, LlamaCppUnavailableError } from "../src/llama_cpp/bindings.js";
 import { runCli } from "./support/cli.js";
+import { requireLlamaCpp, WITHOUT_NODE_LLAMA_CPP } from "./support/llama_cpp.js";
 import { sharedFiles } from "./support/shared_data.js";
 
 const STORIES_GGUF = "models/stories260K/stories260K.v1.gguf";
 const TEXT = "data/tinystories_valid.txt";
-const WITHOUT_NODE_LLAMA_CPP = fileURLToPath(new URL("./support/without_node_llama_cpp.js", import.meta.url));
-
-async function requireLlamaCpp(t: TestContext): Promise<boolean> {
-  try {
-    await importNodeLlamaCpp();
-    return true;
-  } catch (error) {
-    if (!(error instanceof LlamaCppUnavailableError)) throw error;
-    if (process.env.CI) throw new Error("node-llama-cpp is missing; CI installs it with npm ci", { cause: error });
-    t.skip("node-llama-cpp is not installed (npm install node-llama-cpp@3.21.1)");
-    return false;
-  }
-}
 
 /** The nll column of a perplexity CSV. */
 async function nllColumn(csv: string): Promise<number[]> {

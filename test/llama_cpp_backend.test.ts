@@ -14,7 +14,6 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { runInNewContext } from "node:vm";
 import { setFlagsFromString } from "node:v8";
 import type { StreamingBackend } from "../src/backend/backend.js";
@@ -22,26 +21,11 @@ import type { Experiment } from "../src/backend/experiments.js";
 import { convertCheckpointToGguf } from "../src/convert/index.js";
 import { Chat } from "../src/generation/chat.js";
 import { GenerationSession } from "../src/generation/session.js";
-import { importNodeLlamaCpp, LlamaCppUnavailableError, NODE_LLAMA_CPP_VERSION } from "../src/llama_cpp/bindings.js";
+import { NODE_LLAMA_CPP_VERSION } from "../src/llama_cpp/bindings.js";
 import { loadLlamaCppBackend, type LlamaCppLoadOptions } from "../src/llama_cpp/backend.js";
 import { loadTransformersBackend } from "../src/transformers/backend.js";
+import { requireLlamaCpp, WITHOUT_NODE_LLAMA_CPP } from "./support/llama_cpp.js";
 import { repositoryRoot, sharedFiles, sharedPath, sharedReference } from "./support/shared_data.js";
-
-const INSTALL = `npm install node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`;
-const WITHOUT_NODE_LLAMA_CPP = fileURLToPath(new URL("./support/without_node_llama_cpp.js", import.meta.url));
-
-/** Whether node-llama-cpp loads; skips `t` without it (fails it under CI). */
-async function requireLlamaCpp(t: TestContext): Promise<boolean> {
-  try {
-    await importNodeLlamaCpp();
-    return true;
-  } catch (error) {
-    if (!(error instanceof LlamaCppUnavailableError)) throw error;
-    if (process.env.CI) throw new Error(`node-llama-cpp is missing; CI installs it with npm ci (${INSTALL})`, { cause: error });
-    t.skip(`node-llama-cpp is not installed (${INSTALL})`);
-    return false;
-  }
-}
 
 const work = mkdtempSync(join(tmpdir(), "attention-sinks-llama-cpp-"));
 process.on("exit", () => rmSync(work, { recursive: true, force: true }));

@@ -41,22 +41,31 @@ export async function convertCheckpoint(source: string, outDir: string, options:
  * which llama.cpp refuses, are upgraded this way.
  */
 export async function convertCheckpointToGguf(source: string, outFile: string, options: Pick<ConvertOptions, "tokenizer" | "onProgress"> = {}): Promise<void> {
-  const target = resolve(outFile);
-  if (existsSync(target)) throw new ConversionError(outFile, "already exists");
+  if (existsSync(resolve(outFile))) throw new ConversionError(outFile, "already exists");
   const checkpoint = openCheckpoint(source, options.tokenizer);
-  const staging = join(dirname(target), `.${basename(target)}.partial-${randomBytes(6).toString("hex")}`);
   try {
-    mkdirSync(dirname(target), { recursive: true });
-    const total = weightShapes(checkpoint.spec).size;
-    let done = 0;
-    writeLlamaGguf(checkpoint, staging, () => options.onProgress?.(++done, total));
-    if (existsSync(target)) throw new ConversionError(outFile, "was created by another process during conversion");
-    renameSync(staging, target);
-  } catch (error) {
-    rmSync(staging, { force: true });
-    throw error;
+    writeGgufFile(checkpoint, outFile, options.onProgress);
   } finally {
     checkpoint.close();
+  }
+}
+
+/**
+ * Writes `checkpoint` as the GGUF file `outFile` through a temporary file beside it, renamed into place at
+ * the end, so a failed or interrupted conversion never leaves a partial `outFile`.
+ */
+export function writeGgufFile(checkpoint: Checkpoint, outFile: string, onProgress?: (done: number, total: number) => void): void {
+  const target = resolve(outFile);
+  mkdirSync(dirname(target), { recursive: true });
+  const staging = join(dirname(target), `.${basename(target)}.partial-${randomBytes(6).toString("hex")}`);
+  try {
+    const total = weightShapes(checkpoint.spec).size;
+    let done = 0;
+    writeLlamaGguf(checkpoint, staging, () => onProgress?.(++done, total));
+    if (existsSync(target)) throw new ConversionError(outFile, "was created by another process during conversion");
+    renameSync(staging, target);
+  } finally {
+    rmSync(staging, { force: true });
   }
 }
 

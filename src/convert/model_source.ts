@@ -2,14 +2,13 @@
  * Lets every place that names a model also take a convertible checkpoint: the checkpoint is converted once
  * into a cache folder keyed by its content, and later calls reuse that folder.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
-import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import { basename, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { writeModelDirectory } from "./convert.js";
-import { writeLlamaGguf } from "./gguf_llama.js";
+import { writeGgufFile, writeModelDirectory } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { checkModelFiles } from "./model_directory.js";
 import { ConversionError } from "./errors.js";
@@ -96,13 +95,11 @@ export async function resolveGgufSource(path: string, options: ResolveModelSourc
     const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, `${await contentKey(checkpoint.inputs)}.gguf`);
     if (existsSync(target)) return target;
     options.onConvert?.(path, target);
-    mkdirSync(dirname(target), { recursive: true });
-    const staging = `${target}.partial-${randomBytes(6).toString("hex")}`;
     try {
-      writeLlamaGguf(checkpoint, staging);
-      renameSync(staging, target);
-    } finally {
-      rmSync(staging, { force: true });
+      writeGgufFile(checkpoint, target);
+    } catch (error) {
+      // Another process converting the same checkpoint may have finished first; its result is as good.
+      if (!existsSync(target)) throw error;
     }
     return target;
   } finally {
