@@ -46,7 +46,17 @@ export {
 } from "./cache/options.js";
 export { SinkCacheError, type SinkCacheStats } from "./cache/sink_cache.js";
 export { SUPPORTED_MODEL_TYPES, UnsupportedModelError } from "./positions/families.js";
-export { ConversionError, ModelNotFoundError, DEFAULT_CONVERSION_CACHE, convertCheckpoint, resolveModelSource, type ConvertOptions, type ResolveModelSourceOptions } from "./convert/index.js";
+export {
+  ConversionError,
+  ModelNotFoundError,
+  DEFAULT_CONVERSION_CACHE,
+  convertCheckpoint,
+  convertCheckpointToGguf,
+  resolveGgufSource,
+  resolveModelSource,
+  type ConvertOptions,
+  type ResolveModelSourceOptions,
+} from "./convert/index.js";
 export {
   evaluatePerplexity,
   loadTextSamples,
@@ -61,6 +71,9 @@ export {
 export type { ChatMessage, StreamingBackend, TextTokenizer } from "./backend/backend.js";
 export { EXPERIMENTS, type CacheSizes, type Experiment } from "./backend/experiments.js";
 export { loadTransformersBackend, type BackendLoadOptions } from "./transformers/backend.js";
+export { KV_CACHE_TYPES, loadLlamaCppBackend, LlamaCppStream, type KvCacheType, type LlamaCppLoadOptions } from "./llama_cpp/backend.js";
+export { LlamaCppUnavailableError, NODE_LLAMA_CPP_VERSION } from "./llama_cpp/bindings.js";
+export { BACKENDS, BackendOptionError, defaultBackend, loadStreamingBackend, type BackendName, type StreamingLoadOptions } from "./engines/load.js";
 export { GenerationSession, type SamplingOptions, type TurnOptions, type TurnResult } from "./generation/session.js";
 export { Chat, parsePrompts } from "./generation/chat.js";
 export { TopKTopPFilter, WindowedRepetitionPenalty } from "./generation/logits_processors.js";

@@ -85,7 +85,7 @@ describe("attention-sinks convert", () => {
     assert.match(missing.stderr, /\/nonexistent\/model\.gguf: does not exist/);
     const usage = await cli(["convert", "only-one"]);
     assert.equal(usage.code, 2);
-    assert.match(usage.stderr, /expected SOURCE OUT_DIR/);
+    assert.match(usage.stderr, /expected SOURCE OUT, got only-one/);
     const dtype = await cli(["convert", "a", "b", "--dtype", "int4"]);
     assert.equal(dtype.code, 2);
     assert.match(dtype.stderr, /--dtype must be one of fp32, fp16; got "int4"/);

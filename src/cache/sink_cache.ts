@@ -55,6 +55,17 @@ export interface SinkCacheSnapshot {
   sink_keys: Float32Array[];
 }
 
+/**
+ * How many of `remaining` tokens the next forward pass of a sink cache holding `attended` tokens may take:
+ * the rule every backend chunks long inputs by, so their streams attend to the same tokens.
+ */
+export function nextChunkLength(policy: Pick<SinkPolicy, "capacity" | "window_size">, attended: number, remaining: number): number {
+  const free = policy.capacity - attended;
+  if (free > 0) return Math.min(remaining, free);
+  // Once full, each chunk evicts as many tokens as it brings: half a window keeps most context for all.
+  return Math.min(remaining, Math.max(1, Math.ceil(policy.window_size / 2)));
+}
+
 /** The bookkeeping of one stream. Tensors live in the cache object's standard entries. */
 export class SinkCacheState {
   private batch = 0;
@@ -108,11 +119,7 @@ export class SinkCacheState {
 
   /** How many of `remaining` tokens the next forward pass may take. */
   nextChunkLength(remaining: number): number {
-    const { capacity, window_size } = this.policy;
-    const free = capacity - this.attended;
-    if (free > 0) return Math.min(remaining, free);
-    // Once full, each chunk evicts as many tokens as it brings: half a window keeps most context for all.
-    return Math.min(remaining, Math.max(1, Math.ceil(window_size / 2)));
+    return nextChunkLength(this.policy, this.attended, remaining);
   }
 
   /** Makes room for `n` new tokens: evicts the oldest window tokens, compacts when due and moves the sinks. */

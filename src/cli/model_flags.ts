@@ -5,9 +5,10 @@
 import type { DataType, DeviceType } from "@huggingface/transformers";
 import type { StreamingBackend } from "../backend/backend.js";
 import { EXPERIMENTS } from "../backend/experiments.js";
+import { BackendOptionError, BACKENDS, loadStreamingBackend, type StreamingLoadOptions } from "../engines/load.js";
 import { AttentionSinkOptionError } from "../cache/options.js";
 import type { SamplingOptions } from "../generation/decoding.js";
-import { loadTransformersBackend, type BackendLoadOptions } from "../transformers/backend.js";
+import { KV_CACHE_TYPES } from "../llama_cpp/backend.js";
 import { flags, UsageError, type FlagValues } from "./args.js";
 
 export const DTYPES = ["auto", "fp32", "fp16", "q8", "int8", "uint8", "q4", "bnb4", "q4f16"] as const satisfies readonly DataType[];
@@ -50,8 +51,31 @@ export const CACHE_FLAGS = flags({
 });
 
 export const RUNTIME_FLAGS = flags({
-  dtype: { type: "string", choices: DTYPES, description: "weights to load (default: transformers.js's for the device)" },
+  backend: {
+    type: "string",
+    choices: BACKENDS,
+    description: "the engine: onnxruntime (transformers.js) or llama.cpp (node-llama-cpp); default llama.cpp for a .gguf model, onnxruntime otherwise",
+  },
+  dtype: { type: "string", choices: DTYPES, description: "weights to load (onnxruntime; default: transformers.js's for the device)" },
   device: { type: "string", choices: DEVICES, description: "where onnxruntime runs the model (default cpu)" },
+  kv_cache_type: {
+    type: "string",
+    choices: KV_CACHE_TYPES,
+    description: "llama.cpp's KV cache: f32 (default) streams exactly as onnxruntime does; f16 halves it and drifts slightly",
+  },
+  threads: { type: "integer", min: 1, metavar: "N", description: "CPU threads to compute with (default: onnxruntime's choice; llama.cpp: the CPUs available)" },
+  context_size: {
+    type: "integer",
+    min: 1,
+    metavar: "N",
+    description: "llama.cpp, --experiment transformers: the most tokens the dense cache holds (default: the model's context length)",
+  },
+  attention_sink_eviction_interval: {
+    type: "integer",
+    min: 1,
+    metavar: "N",
+    description: "llama.cpp: evict N window tokens at a time once full (default 1, exact); one K-shift per N tokens, attending to sink + window - N + 1 to sink + window tokens",
+  },
 });
 
 export const SAMPLING_FLAGS = flags({
@@ -80,25 +104,36 @@ export function requiredString(value: string | undefined, name: string): string 
   return value;
 }
 
-/** Loads the stream the flags describe; sizes the model cannot take are usage errors naming the flags. */
-export async function loadBackend(values: ModelFlags, extra: Pick<BackendLoadOptions, "revision"> = {}): Promise<StreamingBackend> {
+/** The load options the runtime flags give. */
+export function runtimeOptions(values: FlagValues<typeof RUNTIME_FLAGS>): Pick<StreamingLoadOptions, keyof typeof RUNTIME_FLAGS> {
+  const { backend, dtype, device, kv_cache_type, threads, context_size, attention_sink_eviction_interval } = values;
+  return { backend, dtype, device, kv_cache_type, threads, context_size, attention_sink_eviction_interval };
+}
+
+/** Loads the stream the flags describe; sizes or engine options the model cannot take are usage errors naming the flags. */
+export async function loadBackend(values: ModelFlags, extra: Pick<StreamingLoadOptions, "revision" | "context_size"> = {}): Promise<StreamingBackend> {
   const model = requiredString(values.model_name_or_path, "model_name_or_path");
   try {
-    return await loadTransformersBackend(model, {
+    return await loadStreamingBackend(model, {
       ...extra,
+      ...runtimeOptions(values),
       experiment: values.experiment,
       attention_sink_size: values.attention_sink_size,
       attention_sink_window_size: values.attention_sink_window_size,
       window_size: values.window_size,
-      dtype: values.dtype,
-      device: values.device,
       tokenizer: values.tokenizer,
       onConvert: reportConversion,
     });
   } catch (error) {
-    if (error instanceof AttentionSinkOptionError) throw sizeUsageError(values, error);
-    throw error;
+    throw loadUsageError(values, error);
   }
+}
+
+/** A load error the flags caused, as a usage error naming them; other errors as they are. */
+export function loadUsageError(values: Pick<ModelFlags, "window_size" | "attention_sink_size">, error: unknown): unknown {
+  if (error instanceof AttentionSinkOptionError) return sizeUsageError(values, error);
+  if (error instanceof BackendOptionError) return new UsageError(`--${error.option} applies only to --backend ${error.backend === "llama.cpp" ? "onnxruntime" : "llama.cpp"}; this model runs on ${error.backend}`);
+  return error;
 }
 
 /** An option error as the flags given would have caused it. */

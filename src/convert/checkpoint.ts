@@ -4,6 +4,7 @@
  */
 import { weightShapes, type DecoderSpec, type WeightTensor } from "../architecture/decoder_spec.js";
 import { ConversionError } from "./errors.js";
+import type { SentencePieceVocab } from "./sentencepiece_tokenizer.js";
 
 /** One stored weight: its shape, known from the header, and how to read it as float32. */
 export interface TensorEntry {
@@ -29,6 +30,8 @@ export interface Checkpoint {
    * `tokenizer_config.json`), by name, as text.
    */
   readonly files: ReadonlyMap<string, string>;
+  /** The SentencePiece vocabulary, with its own scores, when the checkpoint stores one (llama2.c, GGUF). */
+  readonly vocabulary?: SentencePieceVocab;
   /** Closes the files it reads from. */
   close(): void;
 }

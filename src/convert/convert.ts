@@ -1,7 +1,7 @@
 /**
  * Converting a checkpoint (Hugging Face directory, llama2.c file or GGUF file) into a directory that
  * transformers.js loads offline: config.json, generation_config.json, tokenizer.json, tokenizer_config.json
- * and onnx/model.onnx (plus onnx/model_fp16.onnx for fp16).
+ * and onnx/model.onnx (plus onnx/model_fp16.onnx for fp16); or into a GGUF version 3 file llama.cpp loads.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -13,6 +13,7 @@ import { ensureParentDirectory } from "../platform/output_paths.js";
 import { ConversionError } from "./errors.js";
 import { openCheckpoint } from "./formats.js";
 import { checkConfigFile, checkTokenizerFiles } from "./model_directory.js";
+import { writeLlamaGguf } from "./gguf_llama.js";
 
 export interface ConvertOptions {
   /** The llama2.c tokenizer file; by default the one `tokenizer.bin` / `tok*.bin` beside the checkpoint. */
@@ -33,6 +34,40 @@ export async function convertCheckpoint(source: string, outDir: string, options:
     await writeModelDirectory(checkpoint, outDir, options);
   } finally {
     checkpoint.close();
+  }
+}
+
+/**
+ * Converts `source` into the GGUF version 3 file `outFile` (llama architecture, float32 weights), which must
+ * not exist yet. Nothing appears at `outFile` unless conversion succeeds. GGUF inputs of versions 1 and 2,
+ * which llama.cpp refuses, are upgraded this way.
+ */
+export async function convertCheckpointToGguf(source: string, outFile: string, options: Pick<ConvertOptions, "tokenizer" | "onProgress"> = {}): Promise<void> {
+  if (existsSync(resolve(outFile))) throw new ConversionError(outFile, "already exists");
+  const checkpoint = openCheckpoint(source, options.tokenizer);
+  try {
+    writeGgufFile(checkpoint, outFile, options.onProgress);
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/**
+ * Writes `checkpoint` as the GGUF file `outFile` through a temporary file beside it, renamed into place at
+ * the end, so a failed or interrupted conversion never leaves a partial `outFile`.
+ */
+export function writeGgufFile(checkpoint: Checkpoint, outFile: string, onProgress?: (done: number, total: number) => void): void {
+  const target = resolve(outFile);
+  mkdirSync(dirname(target), { recursive: true });
+  const staging = join(dirname(target), `.${basename(target)}.partial-${randomBytes(6).toString("hex")}`);
+  try {
+    const total = weightShapes(checkpoint.spec).size;
+    let done = 0;
+    writeLlamaGguf(checkpoint, staging, () => onProgress?.(++done, total));
+    if (existsSync(target)) throw new ConversionError(outFile, "was created by another process during conversion");
+    renameSync(staging, target);
+  } finally {
+    rmSync(staging, { force: true });
   }
 }
 

@@ -1,8 +1,10 @@
 /**
  * The GGUF container (versions 1 to 3): magic "GGUF", version, tensor and metadata counts, typed metadata
  * key/values, tensor descriptions, then the aligned tensor data. Version 1 stores counts, string lengths,
- * array lengths and dimensions as uint32; later versions as uint64.
+ * array lengths and dimensions as uint32; later versions as uint64. Files are read in any version and
+ * written in version 3, with the same type tables.
  */
+import { closeSync, openSync, writeSync } from "node:fs";
 import type { BoundedReader } from "./bounded_reader.js";
 import { halfToFloat, readFloats } from "./tensor_data.js";
 
@@ -15,6 +17,26 @@ const MAX_DIMS = 4;
 const MAX_ARRAY_DEPTH = 4;
 
 export type GgufValue = number | bigint | boolean | string | GgufValue[];
+
+/** GGUF's metadata value types, by id: the scalars with their byte sizes, then strings and arrays. */
+const VALUE_TYPES = {
+  uint8: { id: 0, bytes: 1 },
+  int8: { id: 1, bytes: 1 },
+  uint16: { id: 2, bytes: 2 },
+  int16: { id: 3, bytes: 2 },
+  uint32: { id: 4, bytes: 4 },
+  int32: { id: 5, bytes: 4 },
+  float32: { id: 6, bytes: 4 },
+  bool: { id: 7, bytes: 1 },
+  string: { id: 8, bytes: 0 },
+  array: { id: 9, bytes: 0 },
+  uint64: { id: 10, bytes: 8 },
+  int64: { id: 11, bytes: 8 },
+  float64: { id: 12, bytes: 8 },
+} as const;
+type ValueTypeName = keyof typeof VALUE_TYPES;
+/** The value types an array written by this package may hold. */
+export type GgufElementType = Exclude<ValueTypeName, "array">;
 
 /** One tensor's description. `dims` is in ggml order: the first dimension varies fastest. */
 export interface GgufTensorInfo {
@@ -98,20 +120,20 @@ export function readGguf(reader: BoundedReader): GgufFile {
 
   const readValue = (type: number, what: string, depth: number): GgufValue => {
     switch (type) {
-      case 0: return cursor.u8(what);
-      case 1: return cursor.i8(what);
-      case 2: return cursor.u16(what);
-      case 3: return cursor.i16(what);
-      case 4: return cursor.u32(what);
-      case 5: return cursor.i32(what);
-      case 6: return cursor.f32(what);
-      case 7: {
+      case VALUE_TYPES.uint8.id: return cursor.u8(what);
+      case VALUE_TYPES.int8.id: return cursor.i8(what);
+      case VALUE_TYPES.uint16.id: return cursor.u16(what);
+      case VALUE_TYPES.int16.id: return cursor.i16(what);
+      case VALUE_TYPES.uint32.id: return cursor.u32(what);
+      case VALUE_TYPES.int32.id: return cursor.i32(what);
+      case VALUE_TYPES.float32.id: return cursor.f32(what);
+      case VALUE_TYPES.bool.id: {
         const value = cursor.u8(what);
         if (value > 1) throw reader.fail(`${what}: boolean value ${value}`);
         return value === 1;
       }
-      case 8: return string(what);
-      case 9: {
+      case VALUE_TYPES.string.id: return string(what);
+      case VALUE_TYPES.array.id: {
         if (depth >= MAX_ARRAY_DEPTH) throw reader.fail(`${what}: arrays nested deeper than ${MAX_ARRAY_DEPTH}`);
         const elementType = cursor.u32(`${what} element type`);
         const count = size(`${what} length`);
@@ -120,9 +142,9 @@ export function readGguf(reader: BoundedReader): GgufFile {
         for (let i = 0; i < count; i++) values.push(readValue(elementType, what, depth + 1));
         return values;
       }
-      case 10: return cursor.u64(what);
-      case 11: return cursor.i64(what);
-      case 12: return cursor.f64(what);
+      case VALUE_TYPES.uint64.id: return cursor.u64(what);
+      case VALUE_TYPES.int64.id: return cursor.i64(what);
+      case VALUE_TYPES.float64.id: return cursor.f64(what);
       default: throw reader.fail(`${what}: unknown metadata value type ${type}`);
     }
   };
@@ -209,9 +231,9 @@ export function describeGgufValue(value: GgufValue): string {
 
 /** The fewest bytes one value of a metadata type can take, to bound array lengths by the file size. */
 function minValueBytes(type: number, lengthBytes: number): number {
-  if (type === 8) return lengthBytes;
-  if (type === 9) return 4 + lengthBytes;
-  return [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8][type] ?? 1;
+  if (type === VALUE_TYPES.string.id) return lengthBytes;
+  if (type === VALUE_TYPES.array.id) return 4 + lengthBytes;
+  return Object.values(VALUE_TYPES).find((valueType) => valueType.id === type)?.bytes ?? 1;
 }
 
 /** Reads a tensor as float32 in ggml's memory order (row-major over the reversed dims). */
@@ -253,4 +275,143 @@ function dequantizeQ4_0(reader: BoundedReader, offset: number, count: number, wh
     }
   }
   return out;
+}
+
+/** A metadata value to write, with its GGUF type. */
+export type GgufEntry =
+  | { type: GgufElementType; value: number | bigint | boolean | string }
+  | { type: "array"; element: GgufElementType; values: readonly (number | bigint | boolean | string)[] };
+
+/** A float32 tensor to write: dims in ggml order, data read only when its turn comes. */
+export interface GgufTensorSource {
+  name: string;
+  dims: readonly number[];
+  load(): Float32Array;
+}
+
+const F32 = GGML_TYPES.get(0)!;
+
+/**
+ * Writes a GGUF version 3 file of float32 tensors (at the default alignment), one tensor in memory at a
+ * time. The caller writes to a temporary path and renames it into place.
+ */
+export function writeGguf(path: string, metadata: ReadonlyMap<string, GgufEntry>, tensors: readonly GgufTensorSource[]): void {
+  const header = new HeaderWriter();
+  header.u32(MAGIC);
+  header.u32(3);
+  header.u64(tensors.length);
+  header.u64(metadata.size);
+  for (const [key, entry] of metadata) {
+    header.string(key);
+    header.u32(VALUE_TYPES[entry.type].id);
+    if (entry.type === "array") {
+      header.u32(VALUE_TYPES[entry.element].id);
+      header.u64(entry.values.length);
+      for (const value of entry.values) header.value(entry.element, value, key);
+    } else {
+      header.value(entry.type, entry.value, key);
+    }
+  }
+  let offset = 0;
+  const offsets: number[] = [];
+  for (const tensor of tensors) {
+    header.string(tensor.name);
+    header.u32(tensor.dims.length);
+    for (const size of tensor.dims) header.u64(size);
+    header.u32(F32.id);
+    header.u64(offset);
+    offsets.push(offset);
+    const bytes = tensor.dims.reduce((product, size) => product * size, F32.blockBytes);
+    offset += Math.ceil(bytes / DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+  }
+  header.pad(DEFAULT_ALIGNMENT);
+
+  const fd = openSync(path, "wx");
+  try {
+    const dataStart = header.length;
+    writeSync(fd, header.bytes());
+    tensors.forEach((tensor, i) => {
+      const data = tensor.load();
+      const expected = tensor.dims.reduce((product, size) => product * size, 1);
+      if (data.length !== expected) throw new Error(`writeGguf: tensor ${tensor.name} has ${data.length} values, its dims [${tensor.dims.join(", ")}] need ${expected}`);
+      writeSync(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 0, data.byteLength, dataStart + offsets[i]);
+    });
+    // The file ends at the aligned end of its last tensor, as llama.cpp's own writer leaves it.
+    const last = tensors.length - 1;
+    const dataEnd = last < 0 ? 0 : offsets[last] + tensors[last].dims.reduce((product, size) => product * size, F32.blockBytes);
+    if (offset > dataEnd) writeSync(fd, new Uint8Array(offset - dataEnd), 0, offset - dataEnd, dataStart + dataEnd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The header of a file being written, grown as needed. */
+class HeaderWriter {
+  private buffer = new Uint8Array(1 << 16);
+  private view = new DataView(this.buffer.buffer);
+  length = 0;
+
+  private reserve(bytes: number): number {
+    if (this.length + bytes > this.buffer.length) {
+      const grown = new Uint8Array(Math.max(this.buffer.length * 2, this.length + bytes));
+      grown.set(this.buffer.subarray(0, this.length));
+      this.buffer = grown;
+      this.view = new DataView(grown.buffer);
+    }
+    const at = this.length;
+    this.length += bytes;
+    return at;
+  }
+
+  u32(value: number): void {
+    this.view.setUint32(this.reserve(4), value, true);
+  }
+
+  u64(value: number | bigint): void {
+    this.view.setBigUint64(this.reserve(8), BigInt(value), true);
+  }
+
+  string(text: string): void {
+    const bytes = Buffer.from(text, "utf8");
+    this.u64(bytes.length);
+    this.buffer.set(bytes, this.reserve(bytes.length));
+  }
+
+  value(type: GgufElementType, value: number | bigint | boolean | string, key: string): void {
+    const wrong = () => new TypeError(`writeGguf: metadata ${key} holds ${typeof value}, not ${type}`);
+    if (type === "string") {
+      if (typeof value !== "string") throw wrong();
+      this.string(value);
+      return;
+    }
+    if (type === "bool") {
+      if (typeof value !== "boolean") throw wrong();
+      this.buffer[this.reserve(1)] = value ? 1 : 0;
+      return;
+    }
+    if (typeof value !== "number" && typeof value !== "bigint") throw wrong();
+    const at = this.reserve(VALUE_TYPES[type].bytes);
+    const view = this.view;
+    const number = Number(value);
+    switch (type) {
+      case "uint8": view.setUint8(at, number); break;
+      case "int8": view.setInt8(at, number); break;
+      case "uint16": view.setUint16(at, number, true); break;
+      case "int16": view.setInt16(at, number, true); break;
+      case "uint32": view.setUint32(at, number, true); break;
+      case "int32": view.setInt32(at, number, true); break;
+      case "float32": view.setFloat32(at, number, true); break;
+      case "uint64": view.setBigUint64(at, BigInt(value), true); break;
+      case "int64": view.setBigInt64(at, BigInt(value), true); break;
+      case "float64": view.setFloat64(at, number, true); break;
+    }
+  }
+
+  pad(alignment: number): void {
+    this.reserve((alignment - (this.length % alignment)) % alignment);
+  }
+
+  bytes(): Uint8Array {
+    return this.buffer.subarray(0, this.length);
+  }
 }

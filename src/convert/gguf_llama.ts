@@ -2,17 +2,35 @@
  * GGUF files of the "llama" architecture with a SentencePiece ("llama") tokenizer, as llama.cpp writes
  * them: hyper-parameters under `llama.*`, the vocabulary under `tokenizer.ggml.*`, tensors under ggml
  * names. llama.cpp rotates RoPE pairs (2i, 2i + 1) for this architecture, so queries and keys are stored
- * in Meta's interleaved layout (converters un-permute Hugging Face weights into it) and are permuted into
- * rotate_half on reading.
+ * in Meta's interleaved layout (converters un-permute Hugging Face weights into it): they are permuted into
+ * rotate_half on reading, and back on writing.
  */
-import type { WeightTensor } from "../architecture/decoder_spec.js";
+import { weightShapes, type DecoderSpec, type WeightTensor } from "../architecture/decoder_spec.js";
 import type { RopeScaling } from "../positions/rope.js";
+import { basename } from "node:path";
 import { BoundedReader, type ByteSource } from "./bounded_reader.js";
 import { checkWeightShapes, type Checkpoint, type TensorEntry } from "./checkpoint.js";
-import { describeGgufValue, readGguf, readGgufTensor, type GgufValue, type GgufTensorInfo, DECODABLE_GGML_TYPES } from "./gguf.js";
+import { ConversionError } from "./errors.js";
+import {
+  describeGgufValue,
+  readGguf,
+  readGgufTensor,
+  writeGguf,
+  type GgufEntry,
+  type GgufFile,
+  type GgufValue,
+  type GgufTensorInfo,
+  type GgufTensorSource,
+  DECODABLE_GGML_TYPES,
+} from "./gguf.js";
 import { llamaDecoderSpec, llamaModelFiles, type LlamaModelInfo } from "./hf_llama.js";
-import { withRotateHalfQueryKey } from "./rope_permutation.js";
-import { sentencePieceTokenizerFiles, type PieceKind, type SentencePieceVocab } from "./sentencepiece_tokenizer.js";
+import { withInterleavedQueryKey, withRotateHalfQueryKey } from "./rope_permutation.js";
+import {
+  sentencePieceTokenizerFiles,
+  sentencePieceVocabFromTokenizerJson,
+  type PieceKind,
+  type SentencePieceVocab,
+} from "./sentencepiece_tokenizer.js";
 
 /** GGUF's tokenizer.ggml.token_type values, from 1. */
 const PIECE_KINDS: readonly PieceKind[] = ["normal", "unknown", "control", "user_defined", "unused", "byte"];
@@ -39,6 +57,42 @@ const GLOBAL_TENSORS: ReadonlyMap<string, string> = new Map([
 /** Opens a GGUF llama checkpoint. */
 export function readGgufCheckpoint(source: ByteSource): Checkpoint {
   const reader = new BoundedReader(source);
+  const { gguf, spec, files, vocabulary: pieces } = readDescription(reader);
+  const tensors = new Map<string, TensorEntry>();
+  for (const tensor of gguf.tensors) tensors.set(huggingFaceName(reader, tensor), tensorEntry(reader, tensor));
+  checkWeightShapes(reader.name, spec, tensors);
+  return {
+    source: reader.name,
+    inputs: [reader.name],
+    spec,
+    tensors: withRotateHalfQueryKey(spec, tensors),
+    files,
+    vocabulary: pieces,
+    close() {
+      source.close();
+    },
+  };
+}
+
+/** What a GGUF llama model is, read from its header: the architecture and the files of its model directory. */
+export interface GgufModelDescription {
+  spec: DecoderSpec;
+  /** `config.json`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`, as text. */
+  files: Map<string, string>;
+}
+
+/**
+ * Describes a GGUF llama model without reading its weights, whatever their types (engines that run GGUF
+ * files read quantizations the converter cannot).
+ */
+export function describeGgufModel(source: ByteSource): GgufModelDescription {
+  const reader = new BoundedReader(source);
+  const { gguf, spec, files } = readDescription(reader);
+  for (const tensor of gguf.tensors) huggingFaceName(reader, tensor);
+  return { spec, files };
+}
+
+function readDescription(reader: BoundedReader): { gguf: GgufFile; spec: DecoderSpec; files: Map<string, string>; vocabulary: SentencePieceVocab } {
   const gguf = readGguf(reader);
   const meta = new Metadata(reader, gguf.metadata);
   const architecture = meta.string("general.architecture");
@@ -73,44 +127,27 @@ export function readGgufCheckpoint(source: ByteSource): Checkpoint {
     },
     (problem) => reader.fail(problem),
   );
-
-  const tensors = new Map<string, TensorEntry>();
-  for (const tensor of gguf.tensors) {
-    const name = huggingFaceName(tensor.name);
-    if (!name) {
-      const hint = tensor.name === "rope_freqs.weight" ? " (Llama 3 RoPE frequency factors are not supported)" : "";
-      throw reader.fail(`unexpected tensor ${tensor.name}${hint}`);
-    }
-    tensors.set(name, tensorEntry(reader, tensor));
-  }
-  checkWeightShapes(reader.name, spec, tensors);
-
   const info: LlamaModelInfo = {
     maxPositions: meta.integer("llama.context_length", undefined, 1),
     bosId: meta.integer("tokenizer.ggml.bos_token_id", 1),
     eosId: meta.integer("tokenizer.ggml.eos_token_id", 2),
   };
-  const tokenizerFiles = sentencePieceTokenizerFiles(vocabulary(meta, spec.vocab_size, info), reader.name);
-  return {
-    source: reader.name,
-    inputs: [reader.name],
-    spec,
-    tensors: withRotateHalfQueryKey(spec, tensors),
-    files: llamaModelFiles(spec, info, tokenizerFiles),
-    close() {
-      source.close();
-    },
-  };
+  const pieces = vocabulary(meta, spec.vocab_size, info);
+  const files = llamaModelFiles(spec, info, sentencePieceTokenizerFiles(pieces, reader.name));
+  return { gguf, spec, files, vocabulary: pieces };
 }
 
-/** `blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`, and so on; undefined for others. */
-function huggingFaceName(ggmlName: string): string | undefined {
+/** `blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`, and so on; other tensors are refused. */
+function huggingFaceName(reader: BoundedReader, tensor: GgufTensorInfo): string {
+  const ggmlName = tensor.name;
   const layer = /^blk\.(0|[1-9]\d*)\.([a-z_]+)\.weight$/.exec(ggmlName);
-  if (layer) {
-    const suffix = LAYER_TENSORS.get(layer[2]);
-    return suffix === undefined ? undefined : `model.layers.${layer[1]}.${suffix}.weight`;
+  const suffix = layer ? LAYER_TENSORS.get(layer[2]) : undefined;
+  const name = layer ? (suffix === undefined ? undefined : `model.layers.${layer[1]}.${suffix}.weight`) : GLOBAL_TENSORS.get(ggmlName);
+  if (name === undefined) {
+    const hint = ggmlName === "rope_freqs.weight" ? " (Llama 3 RoPE frequency factors are not supported)" : "";
+    throw reader.fail(`unexpected tensor ${ggmlName}${hint}`);
   }
-  return GLOBAL_TENSORS.get(ggmlName);
+  return name;
 }
 
 function tensorEntry(reader: BoundedReader, tensor: GgufTensorInfo): TensorEntry {
@@ -210,4 +247,89 @@ class Metadata {
     if (!values.every((value) => typeof value === kind)) throw this.reader.fail(`metadata ${key} is not an array of ${kind}s`);
     return values as (K extends "string" ? string : number)[];
   }
+}
+
+
+/** Hugging Face weight name -> ggml tensor name, the inverse of {@link huggingFaceName}. */
+function ggmlName(name: string): string {
+  const layer = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(name);
+  const table = layer ? LAYER_TENSORS : GLOBAL_TENSORS;
+  for (const [ggml, hf] of table) {
+    if (layer ? hf === layer[2] : hf === name) return layer ? `blk.${layer[1]}.${ggml}.weight` : ggml;
+  }
+  throw new Error(`no ggml name for the weight ${name}`);
+}
+
+/**
+ * Writes a checkpoint as a GGUF version 3 file of the llama architecture with float32 weights, as llama.cpp
+ * loads it: a tied classifier is left out (llama.cpp then reuses token_embd), queries and keys go back to
+ * the interleaved layout, and the vocabulary is stored as SentencePiece pieces.
+ * @param onWeight called after each weight is written.
+ */
+export function writeLlamaGguf(checkpoint: Checkpoint, path: string, onWeight?: () => void): void {
+  const { spec, files, source } = checkpoint;
+  const fail = (problem: string) => new ConversionError(source, problem);
+  if (spec.positions.kind !== "rope") throw fail("only rotary-position (llama) models can be written as GGUF");
+  const { rope } = spec.positions;
+  const config = JSON.parse(files.get("config.json") ?? "{}") as Record<string, unknown>;
+  const firstId = (value: unknown, fallback: number) => (typeof value === "number" ? value : Array.isArray(value) && typeof value[0] === "number" ? value[0] : fallback);
+  const info = {
+    bosId: firstId(config.bos_token_id, 1),
+    eosId: firstId(config.eos_token_id, 2),
+    vocabSize: spec.vocab_size,
+    modelMaxLength: typeof config.max_position_embeddings === "number" ? config.max_position_embeddings : 2048,
+  };
+  const vocab =
+    checkpoint.vocabulary ??
+    sentencePieceVocabFromTokenizerJson(files.get("tokenizer.json") ?? "{}", files.get("tokenizer_config.json") ?? "{}", info, `${source} (tokenizer.json)`);
+
+  const metadata = new Map<string, GgufEntry>();
+  const u32 = (key: string, value: number) => metadata.set(key, { type: "uint32", value });
+  const f32 = (key: string, value: number) => metadata.set(key, { type: "float32", value });
+  metadata.set("general.architecture", { type: "string", value: "llama" });
+  metadata.set("general.name", { type: "string", value: basename(source) });
+  u32("general.file_type", 0); // all float32
+  u32("llama.vocab_size", spec.vocab_size);
+  u32("llama.context_length", info.modelMaxLength);
+  u32("llama.embedding_length", spec.hidden_size);
+  u32("llama.block_count", spec.num_layers);
+  u32("llama.feed_forward_length", spec.intermediate_size);
+  u32("llama.attention.head_count", spec.num_heads);
+  u32("llama.attention.head_count_kv", spec.num_kv_heads);
+  u32("llama.attention.key_length", spec.head_dim);
+  u32("llama.attention.value_length", spec.head_dim);
+  u32("llama.rope.dimension_count", rope.rotary_dim);
+  f32("llama.attention.layer_norm_rms_epsilon", spec.norm_eps);
+  f32("llama.rope.freq_base", rope.theta);
+  if (rope.scaling) {
+    if (rope.scaling.rope_type !== "linear") throw fail(`RoPE scaling "${rope.scaling.rope_type}" cannot be written as GGUF (supported: none, linear)`);
+    metadata.set("llama.rope.scaling.type", { type: "string", value: "linear" });
+    f32("llama.rope.scaling.factor", rope.scaling.factor);
+  }
+  metadata.set("tokenizer.ggml.model", { type: "string", value: "llama" });
+  metadata.set("tokenizer.ggml.tokens", { type: "array", element: "string", values: vocab.pieces.map((piece) => piece.text) });
+  metadata.set("tokenizer.ggml.scores", { type: "array", element: "float32", values: vocab.pieces.map((piece) => piece.score) });
+  metadata.set("tokenizer.ggml.token_type", { type: "array", element: "int32", values: vocab.pieces.map((piece) => PIECE_KINDS.indexOf(piece.kind) + 1) });
+  u32("tokenizer.ggml.bos_token_id", vocab.bosId);
+  u32("tokenizer.ggml.eos_token_id", vocab.eosId);
+  u32("tokenizer.ggml.unknown_token_id", vocab.unkId);
+  if (vocab.padId !== undefined) u32("tokenizer.ggml.padding_token_id", vocab.padId);
+  metadata.set("tokenizer.ggml.add_bos_token", { type: "bool", value: vocab.addBos });
+  metadata.set("tokenizer.ggml.add_eos_token", { type: "bool", value: vocab.addEos });
+  metadata.set("tokenizer.ggml.add_space_prefix", { type: "bool", value: vocab.addSpacePrefix });
+
+  const weights = withInterleavedQueryKey(spec, checkpoint.tensors);
+  const tensors = [...weightShapes(spec)].map(([name, shape]): GgufTensorSource => ({
+    name: ggmlName(name),
+    // ggml lists the fastest-varying dimension first.
+    dims: [...shape].reverse(),
+    load() {
+      const entry = weights.get(name);
+      if (!entry) throw fail(`the weight ${name} is missing`);
+      const { data } = entry.load();
+      onWeight?.();
+      return data;
+    },
+  }));
+  writeGguf(path, metadata, tensors);
 }

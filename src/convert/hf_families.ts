@@ -181,6 +181,7 @@ export function decoderSpecFromHfConfig(config: unknown, file: string): { spec: 
   const hidden_size = number("hidden_size");
   const tied = fields.tie_word_embeddings ?? family.tie_default;
   if (typeof tied !== "boolean") throw fail(`tie_word_embeddings is ${JSON.stringify(tied)}, expected true or false`);
+  const block = typeof family.block === "function" ? family.block(fields) : family.block;
   const spec = checkedDecoderSpec(
     {
       vocab_size: number("vocab_size"),
@@ -198,7 +199,8 @@ export function decoderSpecFromHfConfig(config: unknown, file: string): { spec: 
       ...(family.qkv_bias || biased ? { qkv_bias: true } : {}),
       ...(biased ? { dense_bias: true } : {}),
       ...(family.embedding_scale === "sqrt_hidden" ? { embedding_multiplier: Math.sqrt(hidden_size) } : {}),
-      block: typeof family.block === "function" ? family.block(fields) : family.block,
+      // Sequential is the default block, left implicit as every other reader leaves it.
+      ...(block === "sequential" ? {} : { block }),
       ...(geometry.sliding_window ? { sliding_window: geometry.sliding_window } : {}),
     },
     fail,

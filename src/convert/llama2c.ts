@@ -153,16 +153,15 @@ export function readLlama2cCheckpoint(model: ByteSource, openTokenizer: () => By
 
   const info: LlamaModelInfo = { maxPositions: header.seqLen, bosId: 1, eosId: 2 };
   const tokenizer = openTokenizer();
-  const tokenizerFiles = sentencePieceTokenizerFiles(
-    readLlama2cTokenizer(tokenizer, spec.vocab_size, header.seqLen),
-    tokenizer.name,
-  );
+  const vocabulary = readLlama2cTokenizer(tokenizer, spec.vocab_size, header.seqLen);
+  const tokenizerFiles = sentencePieceTokenizerFiles(vocabulary, tokenizer.name);
   return {
     source: reader.name,
     inputs: [model.name, tokenizer.name],
     spec,
     tensors: withRotateHalfQueryKey(spec, layout.entries),
     files: llamaModelFiles(spec, info, tokenizerFiles),
+    vocabulary,
     close() {
       model.close();
       tokenizer.close();

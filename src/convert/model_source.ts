@@ -3,16 +3,16 @@
  * into a cache folder keyed by its content, and later calls reuse that folder.
  */
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkDirectory } from "../platform/output_paths.js";
-import { writeModelDirectory } from "./convert.js";
+import { writeGgufFile, writeModelDirectory } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { checkModelFiles } from "./model_directory.js";
-import { ModelNotFoundError } from "./errors.js";
+import { ConversionError, ModelNotFoundError } from "./errors.js";
 
 export interface ResolveModelSourceOptions {
   /** Where converted models are kept. Default `~/.cache/attention-sinks/converted`. */
@@ -83,6 +83,48 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
   } finally {
     checkpoint.close();
   }
+}
+
+/**
+ * What llama.cpp loads for `path`: a GGUF file of version 2 or 3 as it is; any other checkpoint the package
+ * reads (GGUF version 1, which llama.cpp refuses, llama2.c, a Hugging Face directory) converted once into a
+ * GGUF version 3 file in the cache, keyed by its content as {@link resolveModelSource} keys directories.
+ */
+export async function resolveGgufSource(path: string, options: ResolveModelSourceOptions = {}): Promise<string> {
+  if (!existsSync(path)) throw new ModelNotFoundError(path, "not found locally (no file or folder of that name)");
+  if (llamaCppReadsGguf(path)) {
+    if (options.tokenizer !== undefined) throw new ConversionError(options.tokenizer, "a tokenizer file is only used with llama2.c checkpoints");
+    return resolve(path);
+  }
+  const checkpoint = openCheckpoint(path, options.tokenizer);
+  try {
+    const target = resolve(options.cacheDir ?? DEFAULT_CONVERSION_CACHE, `${await contentKey(checkpoint.inputs)}.gguf`);
+    if (existsSync(target)) return target;
+    options.onConvert?.(path, target);
+    try {
+      writeGgufFile(checkpoint, target);
+    } catch (error) {
+      // Another process converting the same checkpoint may have finished first; its result is as good.
+      if (!existsSync(target)) throw error;
+    }
+    return target;
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/** Whether `path` is a file with the GGUF magic and version 2 or 3. */
+function llamaCppReadsGguf(path: string): boolean {
+  if (statSync(path).isDirectory()) return false;
+  const header = Buffer.alloc(8);
+  const fd = openSync(path, "r");
+  try {
+    if (readSync(fd, header, 0, 8, 0) < 8) return false;
+  } finally {
+    closeSync(fd);
+  }
+  const version = header.readUInt32LE(4);
+  return header.toString("latin1", 0, 4) === "GGUF" && (version === 2 || version === 3);
 }
 
 /** A directory transformers.js loads as is. The cache only ever holds complete ones (they are renamed in). */

@@ -12,12 +12,16 @@ const QUERY_OR_KEY = /\.self_attn\.[qk]_proj\.weight$/;
 
 /** Meta-layout weights, with every query and key projection loading in the rotate_half layout instead. */
 export function withRotateHalfQueryKey(spec: DecoderSpec, tensors: ReadonlyMap<string, TensorEntry>): Map<string, TensorEntry> {
-  return new Map(
-    [...tensors].map(([name, entry]) => [
-      name,
-      QUERY_OR_KEY.test(name) ? { ...entry, load: () => interleavedToRotateHalf(entry.load(), spec.head_dim) } : entry,
-    ]),
-  );
+  return withQueryKeyRows(tensors, (tensor) => interleavedToRotateHalf(tensor, spec.head_dim));
+}
+
+/** rotate_half weights, with every query and key projection loading in the interleaved (Meta) layout instead. */
+export function withInterleavedQueryKey(spec: DecoderSpec, tensors: ReadonlyMap<string, TensorEntry>): Map<string, TensorEntry> {
+  return withQueryKeyRows(tensors, (tensor) => rotateHalfToInterleaved(tensor, spec.head_dim));
+}
+
+function withQueryKeyRows(tensors: ReadonlyMap<string, TensorEntry>, permute: (tensor: WeightTensor) => WeightTensor): Map<string, TensorEntry> {
+  return new Map([...tensors].map(([name, entry]) => [name, QUERY_OR_KEY.test(name) ? { ...entry, load: () => permute(entry.load()) } : entry]));
 }
 
 /**
@@ -25,6 +29,16 @@ export function withRotateHalfQueryKey(spec: DecoderSpec, tensors: ReadonlyMap<s
  * row `c * headDim / 2 + i` of each head takes row `2 * i + c`.
  */
 export function interleavedToRotateHalf(tensor: WeightTensor, headDim: number): WeightTensor {
+  return permuteHeadRows(tensor, headDim, (i, c) => 2 * i + c, (i, c) => c * (headDim / 2) + i);
+}
+
+/** The inverse of {@link interleavedToRotateHalf}: row `2 * i + c` of each head takes row `c * headDim / 2 + i`. */
+export function rotateHalfToInterleaved(tensor: WeightTensor, headDim: number): WeightTensor {
+  return permuteHeadRows(tensor, headDim, (i, c) => c * (headDim / 2) + i, (i, c) => 2 * i + c);
+}
+
+/** Moves, within each head, row `from(i, c)` to row `to(i, c)` for every pair `i` and member `c`. */
+function permuteHeadRows(tensor: WeightTensor, headDim: number, from: (i: number, c: number) => number, to: (i: number, c: number) => number): WeightTensor {
   const [rows, columns] = tensor.shape;
   const half = headDim / 2;
   const { data } = tensor;
@@ -34,8 +48,8 @@ export function interleavedToRotateHalf(tensor: WeightTensor, headDim: number): 
     head.set(data.subarray(base, base + head.length));
     for (let i = 0; i < half; i++) {
       for (let c = 0; c < 2; c++) {
-        const from = (2 * i + c) * columns;
-        data.set(head.subarray(from, from + columns), base + (c * half + i) * columns);
+        const source = from(i, c) * columns;
+        data.set(head.subarray(source, source + columns), base + to(i, c) * columns);
       }
     }
   }

@@ -188,3 +188,85 @@ function postProcessor(vocab: SentencePieceVocab, bos: string, eos: string) {
     special_tokens: specialTokens,
   };
 }
+
+/** The special tokens and length a vocabulary read from `tokenizer.json` takes from the model's config. */
+export interface VocabularyInfo {
+  bosId: number;
+  eosId: number;
+  vocabSize: number;
+  modelMaxLength: number;
+}
+
+/**
+ * The SentencePiece vocabulary of a Llama-style BPE `tokenizer.json` (byte fallback, "▁" for spaces), for
+ * formats that store pieces with scores (GGUF). SentencePiece merges the adjacent pair whose result scores
+ * highest, so a piece a merge forms scores minus that merge's rank, and pieces no merge forms score below
+ * every merge. Special added tokens become control pieces; ids past the tokenizer's last fill the model's
+ * vocabulary as unused pieces.
+ * @param file the tokenizer file, for error messages.
+ */
+export function sentencePieceVocabFromTokenizerJson(tokenizerJson: string, tokenizerConfigJson: string, info: VocabularyInfo, file: string): SentencePieceVocab {
+  const fail = (problem: string) => new ConversionError(file, problem);
+  type AddedToken = { id: number; content: string; special?: boolean };
+  type Tokenizer = {
+    model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[]; unk_token?: string | null };
+    added_tokens?: AddedToken[];
+    normalizer?: unknown;
+    pre_tokenizer?: unknown;
+  };
+  const tokenizer = JSON.parse(tokenizerJson) as Tokenizer;
+  const config = JSON.parse(tokenizerConfigJson) as { add_bos_token?: boolean; add_eos_token?: boolean; pad_token?: string | { content?: string } | null };
+  const { model } = tokenizer;
+  if (model?.type !== "BPE" || typeof model.vocab !== "object" || !Array.isArray(model.merges)) {
+    throw fail(`has a ${model?.type ?? "missing"} model; only a BPE tokenizer with a vocab and merges can be stored as SentencePiece pieces`);
+  }
+  const texts: (string | undefined)[] = new Array(info.vocabSize);
+  const special = new Set<number>();
+  for (const [text, id] of Object.entries(model.vocab)) texts[id] = text;
+  for (const token of tokenizer.added_tokens ?? []) {
+    texts[token.id] = token.content;
+    if (token.special) special.add(token.id);
+  }
+  if (texts.length > info.vocabSize) throw fail(`has token ids up to ${texts.length - 1}, but the model's vocabulary has ${info.vocabSize} tokens`);
+
+  const ids = new Map<string, number>();
+  texts.forEach((text, id) => {
+    if (text !== undefined && !ids.has(text)) ids.set(text, id);
+  });
+  const rankOf = new Map<number, number>();
+  model.merges.forEach((merge, rank) => {
+    const [left, right] = typeof merge === "string" ? merge.split(" ") : merge;
+    const id = ids.get(left + right);
+    if (id !== undefined && !rankOf.has(id)) rankOf.set(id, rank);
+  });
+  const unmergedScore = -model.merges.length;
+  const unkId = model.unk_token == null ? 0 : (ids.get(model.unk_token) ?? 0);
+  const pieces: SentencePiece[] = Array.from(texts, (text, id): SentencePiece => {
+    if (text === undefined) return { text: `[UNUSED_${id}]`, score: unmergedScore, kind: "unused" };
+    const kind: PieceKind =
+      id === unkId ? "unknown" : special.has(id) ? "control" : /^<0x[0-9A-F]{2}>$/.test(text) ? "byte" : "normal";
+    const rank = rankOf.get(id);
+    return { text, score: rank === undefined ? unmergedScore : -rank, kind };
+  });
+  const padText = typeof config.pad_token === "string" ? config.pad_token : config.pad_token?.content;
+  return {
+    pieces,
+    bosId: info.bosId,
+    eosId: info.eosId,
+    unkId,
+    padId: padText === undefined ? undefined : ids.get(padText),
+    addBos: config.add_bos_token ?? true,
+    addEos: config.add_eos_token ?? false,
+    addSpacePrefix: prependsSpaceMark(tokenizer.normalizer) || prependsSpaceMark(tokenizer.pre_tokenizer),
+    modelMaxLength: info.modelMaxLength,
+  };
+}
+
+/** Whether a normalizer or pre-tokenizer (or a sequence of them) puts "▁" before the text. */
+function prependsSpaceMark(step: unknown): boolean {
+  if (typeof step !== "object" || step === null) return false;
+  const fields = step as { type?: string; prepend?: string; prepend_scheme?: string; add_prefix_space?: boolean; normalizers?: unknown[]; pretokenizers?: unknown[] };
+  if (fields.type === "Prepend") return fields.prepend === SPACE_MARK;
+  if (fields.type === "Metaspace") return fields.prepend_scheme === undefined ? fields.add_prefix_space !== false : fields.prepend_scheme !== "never";
+  return [...(fields.normalizers ?? []), ...(fields.pretokenizers ?? [])].some(prependsSpaceMark);
+}

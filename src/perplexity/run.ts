@@ -10,9 +10,9 @@ import { DatasetError, loadTextSamples, type DatasetOptions } from "./dataset.js
 import { evaluatePerplexity, type EvaluationResult, type TokenRecord } from "./evaluate.js";
 import type { TextTokenizer } from "../backend/backend.js";
 import { experimentCache, type Experiment } from "../backend/experiments.js";
-import { loadTransformersBackend, type BackendLoadOptions } from "../transformers/backend.js";
+import { defaultBackend, loadStreamingBackend, type StreamingLoadOptions } from "../engines/load.js";
 
-export interface PerplexityRunOptions extends BackendLoadOptions, DatasetOptions {
+export interface PerplexityRunOptions extends StreamingLoadOptions, DatasetOptions {
   /** A transformers.js model directory, a convertible checkpoint, or a Hub id. */
   model_name_or_path: string;
   experiment: Experiment;
@@ -73,9 +73,12 @@ export async function runPerplexity(options: PerplexityRunOptions, hooks: Perple
   // Read the first sample before creating anything, so a missing dataset leaves no empty CSV behind.
   const texts = loadTextSamples(options);
   const first = await texts.next();
-  const stream = await loadTransformersBackend(options.model_name_or_path, options);
-  const tokenizer = stream.tokenizer;
   const numTokens = options.num_tokens ?? 8192;
+  const backend = options.backend ?? defaultBackend(options.model_name_or_path);
+  // llama.cpp allocates a dense cache up front: by default, room for every token a sample streams.
+  const denseCells = backend === "llama.cpp" && options.experiment === "transformers" ? { context_size: options.context_size ?? numTokens + 1 } : {};
+  const stream = await loadStreamingBackend(options.model_name_or_path, { ...options, backend, ...denseCells });
+  const tokenizer = stream.tokenizer;
   // A sample of n ids evaluates n - 1 tokens: each is tokenized only as far as the tokens still to evaluate.
   let remaining = numTokens;
   const encode = (text: string) => {

@@ -1,5 +1,5 @@
 /**
- * Packages that only some features need (the plot, parquet datasets). They are optional peer dependencies,
+ * Packages that only some features need (the plot, parquet datasets, the llama.cpp backend). They are optional peer dependencies,
  * so a library install does not carry them; the features check for them first and say what to install.
  */
 import { createRequire } from "node:module";
@@ -9,6 +9,7 @@ export const OPTIONAL_DEPENDENCIES = {
   "@resvg/resvg-js": "2.6.2",
   "dejavu-fonts-ttf": "2.37.3",
   hyparquet: "1.31.5",
+  "node-llama-cpp": "3.21.1",
   vega: "6.4.0",
   "vega-lite": "6.4.3",
 } as const;

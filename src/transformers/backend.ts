@@ -24,6 +24,8 @@ export interface BackendLoadOptions extends CacheSizes, Pick<ResolveModelSourceO
   device?: DeviceType;
   /** The model revision, for Hub models. */
   revision?: string;
+  /** CPU threads onnxruntime computes with (its intra-op threads; default: onnxruntime's choice). */
+  threads?: number;
 }
 
 /** A transformers.js tokenizer seen through {@link TextTokenizer}. */
@@ -253,6 +255,7 @@ export async function loadTransformersBackend(nameOrPath: string, options: Backe
       ...files,
       ...(options.dtype === undefined ? {} : { dtype: options.dtype }),
       ...(options.device === undefined ? {} : { device: options.device }),
+      ...(options.threads === undefined ? {} : { session_options: { intraOpNumThreads: options.threads } }),
     }),
   );
   const experiment = options.experiment ?? "attention_sinks";

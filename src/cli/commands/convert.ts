@@ -1,36 +1,50 @@
-/** `attention-sinks convert`: a checkpoint into a transformers.js model directory. */
-import { convertCheckpoint } from "../../convert/index.js";
-import { flags } from "../args.js";
+/** `attention-sinks convert`: a checkpoint into a transformers.js model directory, or into a GGUF file. */
+import { convertCheckpoint, convertCheckpointToGguf } from "../../convert/index.js";
+import { flags, UsageError } from "../args.js";
 import { defineCommand } from "../command.js";
 
 const spec = {
   name: "convert",
-  summary: "Convert a checkpoint (Hugging Face safetensors, llama2.c, GGUF) into a transformers.js model directory",
+  summary: "Convert a checkpoint (Hugging Face safetensors, llama2.c, GGUF) into a transformers.js model directory, or into a GGUF v3 file for llama.cpp",
   positionals: [
     { name: "SOURCE", description: "a Hugging Face directory (Llama, Mistral, Qwen2, Gemma, Phi-3, Falcon), a llama2.c .bin checkpoint, or a .gguf file" },
-    { name: "OUT_DIR", description: "the directory to write (must not exist or be empty)" },
+    {
+      name: "OUT",
+      description: "the directory to write (must not exist or be empty), or a new .gguf file: GGUF version 3, llama architecture, float32 weights",
+    },
   ],
   flags: flags({
     tokenizer: { type: "string", metavar: "FILE", description: "the llama2.c tokenizer (tokenizer.bin) for a llama2.c checkpoint" },
-    dtype: { type: "string", choices: ["fp32", "fp16"], default: "fp32", description: "fp16 also writes onnx/model_fp16.onnx with half-size weights" },
+    dtype: {
+      type: "string",
+      choices: ["fp32", "fp16"],
+      default: "fp32",
+      description: "fp16 also writes onnx/model_fp16.onnx with half-size weights (model directories only)",
+    },
   }),
   examples: [
     "attention-sinks convert ../shared/models/stories260K/stories260K.bin stories260K --tokenizer ../shared/models/stories260K/tok512.bin",
     "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k --dtype fp16",
+    "attention-sinks convert ../shared/models/stories260K/stories260K.v1.gguf stories260K.gguf",
   ],
 };
 
-export const convertCommand = defineCommand(spec, async ({ flags: values, positionals: [source, outDir] }) => {
+export const convertCommand = defineCommand(spec, async ({ flags: values, positionals: [source, out] }) => {
     const started = performance.now();
     const tty = process.stderr.isTTY;
-    await convertCheckpoint(source, outDir, {
+    const options = {
       tokenizer: values.tokenizer,
-      dtype: values.dtype,
-      onProgress: (done, total) => {
+      onProgress: (done: number, total: number) => {
         if (tty) process.stderr.write(`\r\x1b[Kconverting: ${done}/${total} weights`);
       },
-    });
+    };
+    if (out.endsWith(".gguf")) {
+      if (values.dtype !== "fp32") throw new UsageError("--dtype fp16 applies to model directories; a .gguf file is written with float32 weights");
+      await convertCheckpointToGguf(source, out, options);
+    } else {
+      await convertCheckpoint(source, out, { ...options, dtype: values.dtype });
+    }
     if (tty) process.stderr.write("\r\x1b[K");
-    process.stderr.write(`converted ${source} -> ${outDir} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+    process.stderr.write(`converted ${source} -> ${out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     return 0;
 });

@@ -1,10 +1,9 @@
 /** `attention-sinks perplexity`: the StreamingLLM perplexity benchmark, one experiment per run. */
-import { AttentionSinkOptionError } from "../../cache/options.js";
 import type { CsvLogWriter } from "../../perplexity/csv.js";
 import { runPerplexity } from "../../perplexity/run.js";
 import { flags } from "../args.js";
 import { defineCommand } from "../command.js";
-import { CACHE_FLAGS, EXPERIMENT_FLAG, MODEL_FLAG, reportConversion, requiredString, RUNTIME_FLAGS, sizeUsageError } from "../model_flags.js";
+import { CACHE_FLAGS, EXPERIMENT_FLAG, loadUsageError, MODEL_FLAG, reportConversion, requiredString, RUNTIME_FLAGS, runtimeOptions } from "../model_flags.js";
 import { ProgressBar } from "../progress.js";
 import { handleInterrupts, type InterruptHandler } from "../signals.js";
 
@@ -35,6 +34,8 @@ const spec = {
   examples: [
     "attention-sinks perplexity --experiment attention_sinks --model_name_or_path ../shared/models/tinystories-656k \\\n" +
       "    --dataset_name ../shared/data/tinystories_valid.txt --num_tokens 4096 --window_size 256",
+    "attention-sinks perplexity --model_name_or_path ../shared/models/stories260K/stories260K.v1.gguf --backend llama.cpp \\\n" +
+      "    --dataset_name ../shared/data/tinystories_valid.txt --num_tokens 2048 --window_size 64",
   ],
 };
 
@@ -56,8 +57,7 @@ export const perplexityCommand = defineCommand(spec, async ({ flags: values }) =
         tokenizer: values.tokenizer,
         onConvert: reportConversion,
         revision: values.revision,
-        dtype: values.dtype,
-        device: values.device,
+        ...runtimeOptions(values),
         attention_sink_size: values.attention_sink_size,
         attention_sink_window_size: values.attention_sink_window_size,
         window_size: values.window_size,
@@ -99,8 +99,7 @@ export const perplexityCommand = defineCommand(spec, async ({ flags: values }) =
     }
     return stopped ?? 0;
   } catch (error) {
-    if (error instanceof AttentionSinkOptionError) throw sizeUsageError(values, error);
-    throw error;
+    throw loadUsageError(values, error);
   } finally {
     uninstallSignals();
   }

@@ -77,6 +77,8 @@ export const serveCommand = defineCommand(spec, async ({ flags: values }) => {
   }
   const api_key = values.api_key ?? (process.env.ATTENTION_SINKS_API_KEY || undefined);
   const backend = await loadBackend({ ...values, experiment: "attention_sinks" });
+  // Sessions are saved after every turn: a backend that cannot save a stream says so now, not on the first request.
+  backend.snapshot();
   if (values.seed !== undefined) random.seed(values.seed);
   const store: SessionStore = values.state_store !== undefined ? await RedisStore.open(values.state_store) : await FolderStore.open(values.state_dir ?? DEFAULT_STATE_DIR);
   const service = new ModelService(backend, store, {
