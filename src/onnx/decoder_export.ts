@@ -6,7 +6,7 @@
 import { basename } from "node:path";
 import { rm } from "node:fs/promises";
 import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { decoderGraph, type GraphDtypes } from "./decoder_graph.js";
+import { decoderGraph, type GraphStyle } from "./decoder_graph.js";
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
@@ -24,6 +24,12 @@ export interface OnnxExportOptions {
   kv_dtype?: "fp32" | "fp16";
   /** The type of `logits` (fp16 exports return float16 logits for every position). Default fp32. */
   logits_dtype?: "fp32" | "fp16";
+  /** Whether a RoPE graph takes `position_ids` (otherwise positions are cache slots). Default true. */
+  position_ids?: boolean;
+  /** Whether the graph takes `num_logits_to_keep`, as Optimum's exports do. Default false. */
+  num_logits_to_keep?: boolean;
+  /** A merged decoder that takes `use_cache_branch` (false: the past is ignored), as Optimum merges them. Default false. */
+  use_cache_branch?: boolean;
   /**
    * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
    * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
@@ -42,7 +48,7 @@ export function buildDecoderOnnx(
 ): Uint8Array {
   validateDecoderSpec(spec);
   for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
-  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphStyle(options), inlineWeight));
   const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
   let offset = 0;
   for (const chunk of chunks) {
@@ -80,7 +86,7 @@ export async function writeDecoderOnnx(
     externalOrder.push(weight);
     return range;
   };
-  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), external ? placeExternally : inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphStyle(options), external ? placeExternally : inlineWeight));
   protobufSize(chunks, "lower external_data_threshold_bytes");
 
   const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
@@ -111,8 +117,15 @@ export async function writeDecoderOnnx(
   await writeFilesAtomically([dataFile, modelFile]);
 }
 
-function graphDtypes(options: OnnxExportOptions): GraphDtypes {
-  return { weights: options.dtype ?? "fp32", kv: options.kv_dtype ?? "fp32", logits: options.logits_dtype ?? "fp32" };
+function graphStyle(options: OnnxExportOptions): GraphStyle {
+  return {
+    weights: options.dtype ?? "fp32",
+    kv: options.kv_dtype ?? "fp32",
+    logits: options.logits_dtype ?? "fp32",
+    position_ids: options.position_ids ?? true,
+    num_logits_to_keep: options.num_logits_to_keep ?? false,
+    use_cache_branch: options.use_cache_branch ?? false,
+  };
 }
 
 function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {

@@ -2,14 +2,17 @@
  * Builds an ONNX decoder that follows the transformers.js decoder contract from a DecoderSpec and its weights.
  *
  * Inputs: `input_ids` and `position_ids` [batch_size, sequence_length] (position_ids only for RoPE and learned
- * positions), `attention_mask` [batch_size, total_sequence_length], and per layer `past_key_values.{i}.key|value`
- * [batch_size, num_kv_heads, past_sequence_length, head_dim]. Outputs: `logits` and per layer
+ * positions, and RoPE graphs may go without), `attention_mask` [batch_size, total_sequence_length], and per layer
+ * `past_key_values.{i}.key|value` [batch_size, num_kv_heads, past_sequence_length, head_dim]; optionally, as
+ * Optimum exports have them, the int64 scalar `num_logits_to_keep` (0: every position) and the bool
+ * `use_cache_branch` of a merged decoder (false: the past is ignored). Outputs: `logits` and per layer
  * `present.{i}.key|value` = Concat(past, new) along the sequence axis, keys stored after RoPE.
  *
  * With P cached slots and n new tokens, new token k sits at slot P + k and attends to slot j iff j <= P + k and
  * attention_mask[b, j] == 1. RoPE and learned positions come only from `position_ids`, never from slot indices
- * (RoPE angles are computed at run time, so positions past the trained length work): that is what lets an
- * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
+ * (RoPE angles are computed at run time, so positions past the trained length work), or, in a RoPE graph
+ * without `position_ids`, from the new tokens' slot indices: that is what lets an attention-sink cache evict
+ * keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
 import { weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
@@ -63,16 +66,21 @@ interface RotaryTables {
   rotaryDim: number;
 }
 
-/** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
-/** The element types of a graph's weights, KV cache and logits (fp16 exports keep the last two in float16). */
-export interface GraphDtypes {
+/** How an exporter shaped the graph: element types and the optional inputs it declares. */
+export interface GraphStyle {
+  /** The element types of weights, KV cache and logits (fp16 exports keep the last two in float16). */
   weights: WeightDtype;
   kv: WeightDtype;
   logits: WeightDtype;
+  /** Whether RoPE graphs take `position_ids` (learned positions always do, ALiBi never). */
+  position_ids: boolean;
+  num_logits_to_keep: boolean;
+  use_cache_branch: boolean;
 }
 
-export function decoderGraph(spec: DecoderSpec, dtypes: GraphDtypes, place: WeightPlacement): GraphDef<StoredWeight> {
-  return new DecoderGraph(spec, dtypes.weights, dtypes.kv, dtypes.logits, place).build();
+/** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
+export function decoderGraph(spec: DecoderSpec, style: GraphStyle, place: WeightPlacement): GraphDef<StoredWeight> {
+  return new DecoderGraph(spec, style, place).build();
 }
 
 class DecoderGraph {
@@ -81,14 +89,24 @@ class DecoderGraph {
   /** Graph value of each stored weight, so a weight used twice is stored (and loaded) once. */
   private readonly weightValues = new Map<string, string>();
 
+  private readonly dtype: WeightDtype;
+  private readonly kvDtype: WeightDtype;
+  private readonly logitsDtype: WeightDtype;
+  /** Where RoPE and learned positions come from: the `position_ids` input, or the new tokens' slots. */
+  private positionIds = "position_ids";
+
   constructor(
     private readonly spec: DecoderSpec,
-    private readonly dtype: WeightDtype,
-    private readonly kvDtype: WeightDtype,
-    private readonly logitsDtype: WeightDtype,
+    private readonly style: GraphStyle,
     private readonly place: WeightPlacement,
   ) {
     this.shapes = weightShapes(spec);
+    this.dtype = style.weights;
+    this.kvDtype = style.kv;
+    this.logitsDtype = style.logits;
+    if (spec.positions.kind === "learned" && !style.position_ids) {
+      throw new Error("graph: learned positions are looked up by position_ids, so the graph must take them");
+    }
   }
 
   build(): GraphDef<StoredWeight> {
@@ -98,9 +116,12 @@ class DecoderGraph {
       { name: "input_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] },
       { name: "attention_mask", elemType: DataType.INT64, dims: ["batch_size", "total_sequence_length"] },
     ];
-    if (spec.positions.kind !== "alibi") {
+    const takesPositions = spec.positions.kind !== "alibi" && this.style.position_ids;
+    if (takesPositions) {
       inputs.push({ name: "position_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] });
     }
+    if (this.style.num_logits_to_keep) inputs.push({ name: "num_logits_to_keep", elemType: DataType.INT64, dims: [] });
+    if (this.style.use_cache_branch) inputs.push({ name: "use_cache_branch", elemType: DataType.BOOL, dims: [1] });
     const outputs: ValueInfoDef[] = [
       {
         name: "logits",
@@ -118,6 +139,7 @@ class DecoderGraph {
       }
     }
 
+    const pasts = this.style.use_cache_branch ? this.cacheBranch() : (name: string) => name;
     const embedTokens = this.weight("model.embed_tokens.weight");
     let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
     if (spec.positions.kind === "learned") {
@@ -127,9 +149,10 @@ class DecoderGraph {
       ]);
       hidden = g.op("Add", [hidden, positions], "model.embeddings");
     }
-    const attention = this.attentionInputs();
-    for (let i = 0; i < spec.num_layers; i++) hidden = this.layer(i, hidden, attention);
-    const normed = this.norm("model.norm", hidden);
+    const attention = this.attentionInputs(takesPositions, pasts);
+    for (let i = 0; i < spec.num_layers; i++) hidden = this.layer(i, hidden, attention, pasts);
+    let normed = this.norm("model.norm", hidden);
+    if (this.style.num_logits_to_keep) normed = this.lastPositions(normed, "num_logits_to_keep");
     const outputProjection = spec.tie_word_embeddings
       ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
       : this.weight("lm_head.weight", true);
@@ -173,11 +196,48 @@ class DecoderGraph {
     return this.g.op("Gather", [shape, this.g.int64([axis], [])], output, [intAttribute("axis", 0)]);
   }
 
+  /** x [B, n, H] cut to its last `count` positions, all of them when `count` is 0 (Python's x[:, -0:]). */
+  private lastPositions(x: string, count: string): string {
+    const { g } = this;
+    const start = this.unsqueeze(g.op("Neg", [count], `${count}.negated`), [0], `${count}.start`);
+    return g.op("Slice", [x, start, g.int64([Number.MAX_SAFE_INTEGER]), g.int64([1])], `${x}.kept`);
+  }
+
+  /**
+   * A merged decoder's choice of past, as one If on `use_cache_branch`: the cache inputs as they are, or
+   * emptied (the first pass of Optimum's merged decoders ignores whatever past it is given).
+   */
+  private cacheBranch(): (past: string) => string {
+    const { g, spec } = this;
+    const names: string[] = [];
+    for (let i = 0; i < spec.num_layers; i++) names.push(`past_key_values.${i}.key`, `past_key_values.${i}.value`);
+    const kvType = this.kvDtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    // Branch constants live in the outer graph: a subgraph may read outer values but not redefine names.
+    const [zero, sequenceAxis] = [g.int64([0]), g.int64([2])];
+    const branch = (kind: "cached" | "empty"): GraphDef => {
+      const b = new GraphBuilder<never>();
+      const outputs = names.map((name) => {
+        const output = `${name}.${kind}`;
+        if (kind === "cached") b.op("Identity", [name], output);
+        else b.op("Slice", [name, zero, zero, sequenceAxis], output);
+        return { name: output, elemType: kvType, dims: ["batch_size", spec.num_kv_heads, "past_sequence_length", spec.head_dim] };
+      });
+      return { name: `use_cache_branch.${kind}`, nodes: b.nodes, initializers: [], inputs: [], outputs };
+    };
+    const condition = g.op("Squeeze", ["use_cache_branch", zero], "use_cache_branch.scalar");
+    const chosen = names.map((name) => `${name}.chosen`);
+    g.multiOutputOp("If", [condition], chosen, [
+      { name: "then_branch", kind: "graph", value: branch("cached") },
+      { name: "else_branch", kind: "graph", value: branch("empty") },
+    ]);
+    return (past) => `${past}.chosen`;
+  }
+
   /** The causal + padding mask bias, ALiBi bias and RoPE tables, computed once per forward. */
-  private attentionInputs(): AttentionInputs {
+  private attentionInputs(takesPositions: boolean, pasts: (past: string) => string): AttentionInputs {
     const { g, spec } = this;
     const one = g.int64([1], []);
-    const pastLength = this.dimension("past_key_values.0.key", 2, "attention.past_length");
+    const pastLength = this.dimension(pasts("past_key_values.0.key"), 2, "attention.past_length");
     const newLength = this.dimension("input_ids", 1, "attention.new_length");
     const totalLength = this.dimension("attention_mask", 1, "attention.total_length");
     const keySlots = g.op("Range", [g.int64([0], []), totalLength, one], "attention.key_slots");
@@ -200,6 +260,7 @@ class DecoderGraph {
     if (positions.kind === "alibi") {
       bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
     }
+    if (!takesPositions) this.positionIds = this.unsqueeze(slots.querySlots, [0], "attention.query_slots.positions"); // [1, n]
     return { bias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
   }
 
@@ -236,8 +297,8 @@ class DecoderGraph {
     const { g } = this;
     const half = rope.rotary_dim / 2;
     const inverseFrequencies = g.float32(ropeInverseFrequencies(rope), [half], "rope.inv_freq");
-    const positions = g.op("Cast", ["position_ids"], "rope.positions", [intAttribute("to", DataType.FLOAT)]);
-    const positionColumn = this.unsqueeze(positions, [2], "rope.positions.column"); // [B, n, 1]
+    const positions = g.op("Cast", [this.positionIds], "rope.positions", [intAttribute("to", DataType.FLOAT)]);
+    const positionColumn = this.unsqueeze(positions, [2], "rope.positions.column"); // [B or 1, n, 1]
     const angles = g.op("Mul", [positionColumn, inverseFrequencies], "rope.angles"); // [B, n, rotary_dim / 2]
     let cos = g.op("Cos", [angles], "rope.cos");
     let sin = g.op("Sin", [angles], "rope.sin");
@@ -296,15 +357,15 @@ class DecoderGraph {
     return g.op("Concat", [rotated, passing], `${x}.with_rope`, [intAttribute("axis", 3)]);
   }
 
-  private layer(index: number, x: string, attention: AttentionInputs): string {
+  private layer(index: number, x: string, attention: AttentionInputs, pasts: (past: string) => string): string {
     const prefix = `model.layers.${index}`;
-    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention);
+    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention, pasts);
     const h = this.g.op("Add", [x, attended], `${prefix}.attention_residual`);
     const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
     return this.g.op("Add", [h, mlp], `${prefix}.output`);
   }
 
-  private attention(index: number, x: string, inputs: AttentionInputs): string {
+  private attention(index: number, x: string, inputs: AttentionInputs, pasts: (past: string) => string): string {
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
@@ -323,7 +384,7 @@ class DecoderGraph {
     const axis2 = [intAttribute("axis", 2)];
     // present = past + new in the cache's type; attention itself always runs in float32.
     const cached = (kind: "key" | "value", fresh: string) => {
-      const past = `past_key_values.${index}.${kind}`;
+      const past = pasts(`past_key_values.${index}.${kind}`);
       const present = `present.${index}.${kind}`;
       if (this.kvDtype === "fp32") return g.op("Concat", [past, fresh], present, axis2);
       const half = g.op("Cast", [fresh], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);

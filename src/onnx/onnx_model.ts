@@ -36,7 +36,8 @@ export type AttributeDef =
   | { name: string; kind: "float"; value: number }
   | { name: string; kind: "floats"; value: readonly number[] }
   | { name: string; kind: "string"; value: string }
-  | { name: string; kind: "tensor"; value: TensorDef };
+  | { name: string; kind: "tensor"; value: TensorDef }
+  | { name: string; kind: "graph"; value: GraphDef };
 
 export interface NodeDef {
   name: string;
@@ -92,7 +93,7 @@ function encodeNode<T>(node: NodeDef): ProtoWriter<T> {
 }
 
 /** AttributeProto.AttributeType values. */
-const ATTRIBUTE_TYPE = { float: 1, int: 2, string: 3, tensor: 4, floats: 6, ints: 7 } as const;
+const ATTRIBUTE_TYPE = { float: 1, int: 2, string: 3, tensor: 4, graph: 5, floats: 6, ints: 7 } as const;
 
 function encodeAttribute<T>(attribute: AttributeDef): ProtoWriter<T> {
   const writer = new ProtoWriter<T>().string(1, attribute.name).int(20, ATTRIBUTE_TYPE[attribute.kind]);
@@ -105,6 +106,8 @@ function encodeAttribute<T>(attribute: AttributeDef): ProtoWriter<T> {
       return writer.string(4, attribute.value);
     case "tensor":
       return writer.message(5, encodeTensor<T>(attribute.value));
+    case "graph":
+      return writer.message(6, encodeGraph<T>(attribute.value));
     case "floats":
       for (const value of attribute.value) writer.float(7, value);
       return writer;
