@@ -6,7 +6,7 @@
 import { basename } from "node:path";
 import { rm } from "node:fs/promises";
 import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { decoderGraph, type GraphStyle } from "./decoder_graph.js";
+import { decoderGraph, type AttentionOps, type GraphStyle } from "./decoder_graph.js";
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
@@ -30,6 +30,12 @@ export interface OnnxExportOptions {
   num_logits_to_keep?: boolean;
   /** A merged decoder that takes `use_cache_branch` (false: the past is ignored), as Optimum merges them. Default false. */
   use_cache_branch?: boolean;
+  /** Attention from standard ops (default) or from onnxruntime's contrib ops as onnxruntime-genai emits them. */
+  attention?: AttentionOps;
+  /** Residual adds fused into Skip*LayerNormalization, as onnxruntime-genai emits them. Default false. */
+  fused_norms?: boolean;
+  /** Contrib attention: the rows of the baked cos/sin tables (max_position_embeddings). Default 4096. */
+  rotary_table_length?: number;
   /**
    * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
    * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
@@ -38,6 +44,7 @@ export interface OnnxExportOptions {
 }
 
 const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.9e9;
+const DEFAULT_ROTARY_TABLE_LENGTH = 4096;
 const PROTOBUF_MAX_BYTES = 2 ** 31 - 1;
 
 /** Builds the whole model in memory (weights inline); for models over 2 GiB use `writeDecoderOnnx`. */
@@ -125,6 +132,9 @@ function graphStyle(options: OnnxExportOptions): GraphStyle {
     position_ids: options.position_ids ?? true,
     num_logits_to_keep: options.num_logits_to_keep ?? false,
     use_cache_branch: options.use_cache_branch ?? false,
+    attention: options.attention ?? "standard",
+    fused_norms: options.fused_norms ?? false,
+    rotary_table_length: options.rotary_table_length ?? DEFAULT_ROTARY_TABLE_LENGTH,
   };
 }
 

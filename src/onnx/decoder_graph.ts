@@ -28,6 +28,8 @@ import { storedDims, type StoredWeight, type WeightDtype } from "./weight_storag
  * (a left-padding position) then gets an arbitrary but finite output instead of NaN.
  */
 const MASKED_SCORE = -1e9;
+/** The most negative finite float16. */
+const FLOAT16_LOWEST = -65504;
 
 const intAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "int", value });
 const intsAttribute = (name: string, value: readonly number[]): AttributeDef => ({ name, kind: "ints", value });
@@ -76,7 +78,19 @@ export interface GraphStyle {
   position_ids: boolean;
   num_logits_to_keep: boolean;
   use_cache_branch: boolean;
+  /**
+   * How attention is written: standard ONNX ops (as Optimum exports it), or onnxruntime's fused contrib ops as
+   * onnxruntime-genai's model builder emits them: `RotaryEmbedding` on position_ids + `MultiHeadAttention`
+   * with an additive mask bias, or `GroupQueryAttention` (rotary inside, positions from `seqlens_k`).
+   */
+  attention: AttentionOps;
+  /** Residual adds fused into the next norm (`SkipSimplifiedLayerNormalization`, `SkipLayerNormalization`). */
+  fused_norms: boolean;
+  /** Rows of the cos/sin tables the contrib attention ops read (the positions the graph can address). */
+  rotary_table_length: number;
 }
+
+export type AttentionOps = "standard" | "MultiHeadAttention" | "GroupQueryAttention";
 
 /** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
 export function decoderGraph(spec: DecoderSpec, style: GraphStyle, place: WeightPlacement): GraphDef<StoredWeight> {
@@ -94,6 +108,10 @@ class DecoderGraph {
   private readonly logitsDtype: WeightDtype;
   /** Where RoPE and learned positions come from: the `position_ids` input, or the new tokens' slots. */
   private positionIds = "position_ids";
+  /** Built on first use and shared by every layer. */
+  private rotary?: { cos: string; sin: string };
+  private halfBias?: string;
+  private gqaLengths?: { seqlens_k: string; total: string };
 
   constructor(
     private readonly spec: DecoderSpec,
@@ -106,6 +124,16 @@ class DecoderGraph {
     this.logitsDtype = style.logits;
     if (spec.positions.kind === "learned" && !style.position_ids) {
       throw new Error("graph: learned positions are looked up by position_ids, so the graph must take them");
+    }
+    if (style.attention !== "standard") {
+      if (spec.positions.kind !== "rope") throw new Error(`graph: ${style.attention} graphs are built for RoPE models only`);
+      if (style.attention === "MultiHeadAttention" && (spec.num_kv_heads !== spec.num_heads || !style.position_ids)) {
+        throw new Error("graph: MultiHeadAttention graphs need as many key/value heads as query heads, and position_ids");
+      }
+      // GroupQueryAttention rotates at positions it derives from seqlens_k: such graphs take no position_ids.
+      if (style.attention === "GroupQueryAttention" && style.position_ids) {
+        throw new Error("graph: GroupQueryAttention graphs take no position_ids");
+      }
     }
   }
 
@@ -150,8 +178,16 @@ class DecoderGraph {
       hidden = g.op("Add", [hidden, positions], "model.embeddings");
     }
     const attention = this.attentionInputs(takesPositions, pasts);
-    for (let i = 0; i < spec.num_layers; i++) hidden = this.layer(i, hidden, attention, pasts);
-    let normed = this.norm("model.norm", hidden);
+    let residual = hidden;
+    let normed = this.norm("model.layers.0.input_layernorm", hidden);
+    for (let i = 0; i < spec.num_layers; i++) {
+      const prefix = `model.layers.${i}`;
+      const attended = this.attention(i, normed, attention, pasts);
+      ({ normed, sum: residual } = this.addAndNorm(`${prefix}.post_attention_layernorm`, residual, attended));
+      const mlp = this.mlp(prefix, normed);
+      const next = i + 1 < spec.num_layers ? `model.layers.${i + 1}.input_layernorm` : "model.norm";
+      ({ normed, sum: residual } = this.addAndNorm(next, residual, mlp));
+    }
     if (this.style.num_logits_to_keep) normed = this.lastPositions(normed, "num_logits_to_keep");
     const outputProjection = spec.tie_word_embeddings
       ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
@@ -261,7 +297,8 @@ class DecoderGraph {
       bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
     }
     if (!takesPositions) this.positionIds = this.unsqueeze(slots.querySlots, [0], "attention.query_slots.positions"); // [1, n]
-    return { bias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
+    const standardRope = positions.kind === "rope" && this.style.attention === "standard";
+    return { bias, rotary: standardRope ? this.rotaryTables(positions.rope) : undefined };
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
@@ -357,15 +394,8 @@ class DecoderGraph {
     return g.op("Concat", [rotated, passing], `${x}.with_rope`, [intAttribute("axis", 3)]);
   }
 
-  private layer(index: number, x: string, attention: AttentionInputs, pasts: (past: string) => string): string {
-    const prefix = `model.layers.${index}`;
-    const attended = this.attention(index, this.norm(`${prefix}.input_layernorm`, x), attention, pasts);
-    const h = this.g.op("Add", [x, attended], `${prefix}.attention_residual`);
-    const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
-    return this.g.op("Add", [h, mlp], `${prefix}.output`);
-  }
-
   private attention(index: number, x: string, inputs: AttentionInputs, pasts: (past: string) => string): string {
+    if (this.style.attention !== "standard") return this.contribAttention(index, x, inputs, pasts);
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
@@ -414,6 +444,116 @@ class DecoderGraph {
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
     return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+  }
+
+  /** residual + delta, and its norm: two ops, or one Skip*LayerNormalization in fused graphs. */
+  private addAndNorm(prefix: string, residual: string, delta: string): { normed: string; sum: string } {
+    const { g, spec } = this;
+    if (!this.style.fused_norms) {
+      const sum = g.op("Add", [residual, delta], `${prefix}.input`);
+      return { normed: this.norm(prefix, sum), sum };
+    }
+    const normed = `${prefix}.output`;
+    const sum = `${prefix}.input`;
+    const [opType, weights] =
+      spec.norm === "rms"
+        ? ["SkipSimplifiedLayerNormalization", [this.weight(`${prefix}.weight`)]]
+        : ["SkipLayerNormalization", [this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)]];
+    // Outputs: normed, mean, inverse std (unused), and the residual sum the next block adds to.
+    g.contrib(opType, [delta, residual, ...weights], [normed, "", "", sum], [floatAttribute("epsilon", spec.norm_eps)]);
+    return { normed, sum };
+  }
+
+  /** The cos and sin tables of the contrib ops, [rotary_table_length, rotary_dim / 2], in the cache's type. */
+  private rotaryCaches(rope: RopeSpec): { cos: string; sin: string } {
+    const { g } = this;
+    const half = rope.rotary_dim / 2;
+    const rows = this.style.rotary_table_length;
+    const inverseFrequencies = ropeInverseFrequencies(rope);
+    const factor = ropeAttentionFactor(rope);
+    const cos = new Float32Array(rows * half);
+    const sin = new Float32Array(rows * half);
+    for (let p = 0; p < rows; p++) {
+      for (let i = 0; i < half; i++) {
+        // The angle rounds to float32 as the standard graph's Mul does.
+        const angle = Math.fround(p * inverseFrequencies[i]);
+        cos[p * half + i] = Math.cos(angle) * factor;
+        sin[p * half + i] = Math.sin(angle) * factor;
+      }
+    }
+    const table = (values: Float32Array, name: string) =>
+      this.kvDtype === "fp16" ? g.float16(values, [rows, half], name) : g.float32(values, [rows, half], name);
+    return { cos: table(cos, "cos_cache"), sin: table(sin, "sin_cache") };
+  }
+
+  /**
+   * Attention from onnxruntime's contrib ops, in the cache's type (float16 caches make the op run in float16,
+   * as genai's fp16 models do): projections, RoPE, attention with the past, output projection.
+   */
+  private contribAttention(index: number, x: string, inputs: AttentionInputs, pasts: (past: string) => string): string {
+    const { g, spec } = this;
+    const prefix = `model.layers.${index}.self_attn`;
+    const rope = (spec.positions as { kind: "rope"; rope: RopeSpec }).rope;
+    const caches = (this.rotary ??= this.rotaryCaches(rope));
+    const half = this.kvDtype === "fp16";
+    const toCacheType = (value: string) => (half ? g.op("Cast", [value], `${value}.float16`, [intAttribute("to", DataType.FLOAT16)]) : value);
+    const project = (name: "q" | "k" | "v") =>
+      toCacheType(g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`));
+    let [queries, keys] = [project("q"), project("k")];
+    const values = project("v");
+    const past = (kind: "key" | "value") => pasts(`past_key_values.${index}.${kind}`);
+    const present = (kind: "key" | "value") => `present.${index}.${kind}`;
+    const context = `${prefix}.context`;
+    const interleaved = intAttribute("interleaved", rope.layout === "interleaved" ? 1 : 0);
+    if (this.style.attention === "MultiHeadAttention") {
+      const rotate = (value: string) =>
+        g.contrib("RotaryEmbedding", [value, "position_ids", caches.cos, caches.sin], [`${value}.rotated`], [
+          interleaved,
+          intAttribute("num_heads", spec.num_heads),
+          intAttribute("rotary_embedding_dim", rope.rotary_dim),
+        ])[0];
+      [queries, keys] = [rotate(queries), rotate(keys)];
+      const bias = half ? (this.halfBias ??= this.float16Bias(inputs.bias)) : inputs.bias;
+      g.contrib("MultiHeadAttention", [queries, keys, values, "", "", bias, past("key"), past("value")], [context, present("key"), present("value")], [
+        intAttribute("num_heads", spec.num_heads),
+      ]);
+    } else {
+      g.contrib(
+        "GroupQueryAttention",
+        [queries, keys, values, past("key"), past("value"), this.sequenceLengths.seqlens_k, this.sequenceLengths.total, caches.cos, caches.sin],
+        [context, present("key"), present("value")],
+        [
+          intAttribute("num_heads", spec.num_heads),
+          intAttribute("kv_num_heads", spec.num_kv_heads),
+          intAttribute("do_rotary", 1),
+          intAttribute("rotary_interleaved", rope.layout === "interleaved" ? 1 : 0),
+        ],
+      );
+    }
+    const merged = half ? g.op("Cast", [context], `${context}.float32`, [intAttribute("to", DataType.FLOAT)]) : context;
+    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+  }
+
+  /** The mask bias in float16, with float16's lowest value for blocked slots (float32's -1e9 would be -inf). */
+  private float16Bias(bias: string): string {
+    const { g } = this;
+    const clamped = g.op("Max", [bias, g.float32([FLOAT16_LOWEST], [])], `${bias}.clamped`);
+    return g.op("Cast", [clamped], `${bias}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+  }
+
+  /** GroupQueryAttention's view of the cache, from the mask as genai's graphs compute it. */
+  private get sequenceLengths(): { seqlens_k: string; total: string } {
+    const { g } = this;
+    if (!this.gqaLengths) {
+      const attended = g.op("ReduceSum", ["attention_mask", g.int64([1])], "attention.attended_count", [intAttribute("keepdims", 0)]);
+      const last = g.op("Sub", [attended, g.int64([1], [])], "attention.last_attended");
+      const toInt32 = [intAttribute("to", DataType.INT32)];
+      this.gqaLengths = {
+        seqlens_k: g.op("Cast", [last], "seqlens_k", toInt32),
+        total: g.op("Cast", ["attention.total_length"], "total_sequence_length", toInt32),
+      };
+    }
+    return this.gqaLengths;
   }
 
   private norm(prefix: string, x: string): string {
