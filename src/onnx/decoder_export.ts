@@ -10,7 +10,7 @@ import { decoderGraph, type AttentionOps, type GraphStyle } from "./decoder_grap
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
-import { bytesPerElement, checkWeightShape, elementCount, encodeStoredWeight, storedByteLength, type StoredWeight } from "./weight_storage.js";
+import { checkWeightShape, encodeStoredWeight, storedByteLength, type StoredWeight, type WeightDtype } from "./weight_storage.js";
 
 /** Supplies weights by name (see `weightShapes`); the builder loads each weight exactly once. */
 export interface WeightSource {
@@ -18,8 +18,12 @@ export interface WeightSource {
 }
 
 export interface OnnxExportOptions {
-  /** How weights are stored. Inputs, outputs and activations are float32 either way. Default fp32. */
-  dtype?: "fp32" | "fp16";
+  /**
+   * How weights are stored: float32, float16, or linear layers quantized as transformers.js's `q8`
+   * (MatMulInteger on dynamically quantized inputs), `q4` and `q4f16` (MatMulNBits; float16 elsewhere) files
+   * hold them. Activations are float32 throughout except where a quantized op needs otherwise. Default fp32.
+   */
+  dtype?: WeightDtype;
   /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
   kv_dtype?: "fp32" | "fp16";
   /** The type of `logits` (fp16 exports return float16 logits for every position). Default fp32. */
@@ -79,9 +83,11 @@ export async function writeDecoderOnnx(
   options: OnnxExportOptions = {},
 ): Promise<void> {
   validateDecoderSpec(spec);
-  const dtype = options.dtype ?? "fp32";
   let weightBytes = 0;
-  for (const shape of weightShapes(spec).values()) weightBytes += elementCount(shape) * bytesPerElement(dtype);
+  decoderGraph(spec, graphStyle(options), (weight) => {
+    weightBytes += storedByteLength(weight);
+    return inlineWeight(weight);
+  });
   const external = weightBytes > (options.external_data_threshold_bytes ?? DEFAULT_EXTERNAL_DATA_THRESHOLD);
 
   const dataPath = `${path}_data`;
@@ -96,10 +102,15 @@ export async function writeDecoderOnnx(
   const chunks = encodeModel(decoderGraph(spec, graphStyle(options), external ? placeExternally : inlineWeight));
   protobufSize(chunks, "lower external_data_threshold_bytes");
 
+  // A quantized weight's parts are stored one after another: the last weight loaded serves them all.
+  let last: { name: string; tensor: WeightTensor } | undefined;
   const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
-    const tensor = await weights.load(weight.name);
-    checkWeightShape(weight.name, weight.shape, tensor);
-    return encodeStoredWeight(weight, tensor);
+    if (last?.name !== weight.name) {
+      const tensor = await weights.load(weight.name);
+      checkWeightShape(weight.name, weight.shape, tensor);
+      last = { name: weight.name, tensor };
+    }
+    return encodeStoredWeight(weight, last.tensor);
   };
   const modelFile: FileContent = {
     path,

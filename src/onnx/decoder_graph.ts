@@ -21,7 +21,18 @@ import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
 import { DataType, type AttributeDef, type ExternalRange, type GraphDef, type ValueInfoDef } from "./onnx_model.js";
 import type { Deferred } from "./protobuf.js";
-import { storedDims, type StoredWeight, type WeightDtype } from "./weight_storage.js";
+import { floatDtype, Q4_BLOCK_SIZE, storedDims, type StoredWeight, type WeightDtype, type WeightEncoding } from "./weight_storage.js";
+
+/** The ONNX element type of each weight encoding. */
+const ENCODED_TYPE: Record<WeightEncoding, DataType> = {
+  fp32: DataType.FLOAT,
+  fp16: DataType.FLOAT16,
+  int8: DataType.INT8,
+  int8_scale: DataType.FLOAT,
+  q4_blocks: DataType.UINT8,
+  q4_scales: DataType.FLOAT,
+  q4_scales_fp16: DataType.FLOAT16,
+};
 
 /**
  * Added to the scores of slots a query may not see. Finite on purpose: a query whose slots are all masked
@@ -111,6 +122,7 @@ class DecoderGraph {
   /** Built on first use and shared by every layer. */
   private rotary?: { cos: string; sin: string };
   private halfBias?: string;
+  private readonly quantizedInputs = new Map<string, { codes: string; scale: string; zeroPoint: string }>();
   private gqaLengths?: { seqlens_k: string; total: string };
 
   constructor(
@@ -189,15 +201,12 @@ class DecoderGraph {
       ({ normed, sum: residual } = this.addAndNorm(next, residual, mlp));
     }
     if (this.style.num_logits_to_keep) normed = this.lastPositions(normed, "num_logits_to_keep");
-    const outputProjection = spec.tie_word_embeddings
-      ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
-      : this.weight("lm_head.weight", true);
-    if (this.logitsDtype === "fp16") {
-      const logits = g.op("MatMul", [normed, outputProjection], "logits.float32");
-      g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
-    } else {
-      g.op("MatMul", [normed, outputProjection], "logits");
-    }
+    const logitsName = this.logitsDtype === "fp16" ? "logits.float32" : "logits";
+    // A tied head multiplies by the embedding table, which stays unquantized.
+    const logits = spec.tie_word_embeddings
+      ? g.op("MatMul", [normed, g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])], logitsName)
+      : this.linear(normed, "lm_head.weight", logitsName);
+    if (this.logitsDtype === "fp16") g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
     return { name: "decoder", nodes: g.nodes, initializers: g.initializers, inputs, outputs };
   }
 
@@ -206,20 +215,67 @@ class DecoderGraph {
     const storedName = transposed ? `${name}.T` : name;
     const known = this.weightValues.get(storedName);
     if (known !== undefined) return known;
-    const shape = this.shapes.get(name);
-    if (!shape) throw new Error(`internal: the graph uses ${name}, which weightShapes does not list`);
-    const stored: StoredWeight = { name, shape, transposed, dtype: this.dtype };
-    let value = this.g.initializer({
-      name: storedName,
-      dataType: this.dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT,
-      dims: storedDims(stored),
-      data: this.place(stored),
-    });
-    if (this.dtype === "fp16") {
+    const encoding = floatDtype(this.dtype);
+    let value = this.stored(name, storedName, transposed, encoding);
+    if (encoding === "fp16") {
       value = this.g.op("Cast", [value], `${storedName}.float32`, [intAttribute("to", DataType.FLOAT)]);
     }
     this.weightValues.set(storedName, value);
     return value;
+  }
+
+  /** One initializer holding (a part of) a checkpoint weight. */
+  private stored(name: string, storedName: string, transposed: boolean, encoding: WeightEncoding): string {
+    const shape = this.shapes.get(name);
+    if (!shape) throw new Error(`internal: the graph uses ${name}, which weightShapes does not list`);
+    const stored: StoredWeight = { name, shape, transposed, encoding };
+    return this.g.initializer({ name: storedName, dataType: ENCODED_TYPE[encoding], dims: storedDims(stored), data: this.place(stored) });
+  }
+
+  /**
+   * x [.., in] times a checkpoint linear weight [out, in], as the dtype stores it: a float MatMul; q8 as
+   * onnxruntime's dynamic quantization writes it (x quantized per call by DynamicQuantizeLinear, an integer
+   * MatMul, both scales applied after); q4 and q4f16 as com.microsoft MatMulNBits (q4f16 in float16).
+   */
+  private linear(x: string, name: string, output: string): string {
+    const { g } = this;
+    const [outFeatures, inFeatures] = this.shapes.get(name)!;
+    switch (this.dtype) {
+      case "fp32":
+      case "fp16":
+        return g.op("MatMul", [x, this.weight(name, true)], output);
+      case "q8": {
+        const quantized = this.dynamicallyQuantized(x);
+        const codes = this.stored(name, `${name}.int8`, true, "int8");
+        const scale = this.stored(name, `${name}.scale`, false, "int8_scale");
+        const product = g.op("MatMulInteger", [quantized.codes, codes, quantized.zeroPoint, g.int8Zero()], `${output}.int32`);
+        const float = g.op("Cast", [product], `${output}.unscaled`, [intAttribute("to", DataType.FLOAT)]);
+        const scales = g.op("Mul", [quantized.scale, scale], `${output}.scale`);
+        return g.op("Mul", [float, scales], output);
+      }
+      case "q4":
+      case "q4f16": {
+        const half = this.dtype === "q4f16";
+        const blocks = this.stored(name, `${name}.q4`, false, "q4_blocks");
+        const scales = this.stored(name, `${name}.q4_scales`, false, half ? "q4_scales_fp16" : "q4_scales");
+        const input = half ? g.op("Cast", [x], `${output}.input.float16`, [intAttribute("to", DataType.FLOAT16)]) : x;
+        const attributes = [intAttribute("K", inFeatures), intAttribute("N", outFeatures), intAttribute("bits", 4), intAttribute("block_size", Q4_BLOCK_SIZE)];
+        if (!half) return g.contrib("MatMulNBits", [input, blocks, scales], [output], attributes)[0];
+        const product = g.contrib("MatMulNBits", [input, blocks, scales], [`${output}.matmul_nbits`], attributes)[0];
+        return g.op("Cast", [product], output, [intAttribute("to", DataType.FLOAT)]);
+      }
+    }
+  }
+
+  /** DynamicQuantizeLinear of a graph value, once per value (q, k and v share their input's). */
+  private dynamicallyQuantized(x: string): { codes: string; scale: string; zeroPoint: string } {
+    let quantized = this.quantizedInputs.get(x);
+    if (!quantized) {
+      quantized = { codes: `${x}.uint8`, scale: `${x}.uint8_scale`, zeroPoint: `${x}.uint8_zero_point` };
+      this.g.multiOutputOp("DynamicQuantizeLinear", [x], [quantized.codes, quantized.scale, quantized.zeroPoint], []);
+      this.quantizedInputs.set(x, quantized);
+    }
+    return quantized;
   }
 
   private unsqueeze(input: string, axes: readonly number[], output: string): string {
@@ -400,7 +456,7 @@ class DecoderGraph {
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
     const project = (name: "q" | "k" | "v", count: number) => {
-      const flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
+      const flat = this.linear(x, `${prefix}.${name}_proj.weight`, `${prefix}.${name}`);
       const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
       return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
     };
@@ -443,7 +499,7 @@ class DecoderGraph {
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
-    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    return this.linear(merged, `${prefix}.o_proj.weight`, `${prefix}.output`);
   }
 
   /** residual + delta, and its norm: two ops, or one Skip*LayerNormalization in fused graphs. */
@@ -498,7 +554,7 @@ class DecoderGraph {
     const half = this.kvDtype === "fp16";
     const toCacheType = (value: string) => (half ? g.op("Cast", [value], `${value}.float16`, [intAttribute("to", DataType.FLOAT16)]) : value);
     const project = (name: "q" | "k" | "v") =>
-      toCacheType(g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`));
+      toCacheType(this.linear(x, `${prefix}.${name}_proj.weight`, `${prefix}.${name}`));
     let [queries, keys] = [project("q"), project("k")];
     const values = project("v");
     const past = (kind: "key" | "value") => pasts(`past_key_values.${index}.${kind}`);
@@ -531,7 +587,7 @@ class DecoderGraph {
       );
     }
     const merged = half ? g.op("Cast", [context], `${context}.float32`, [intAttribute("to", DataType.FLOAT)]) : context;
-    return g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
+    return this.linear(merged, `${prefix}.o_proj.weight`, `${prefix}.output`);
   }
 
   /** The mask bias in float16, with float16's lowest value for blocked slots (float32's -1e9 would be -inf). */
@@ -581,7 +637,7 @@ class DecoderGraph {
     const { g, spec } = this;
     const prefix = `${layerPrefix}.mlp`;
     const linear = (name: string, input: string) =>
-      g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
+      this.linear(input, `${prefix}.${name}.weight`, `${prefix}.${name}`);
     if (spec.mlp === "swiglu") {
       const gate = linear("gate_proj", x);
       const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`);

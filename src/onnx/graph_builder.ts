@@ -59,6 +59,11 @@ export class GraphBuilder<T> {
     return this.constant(DataType.FLOAT, dims, bytes, name ?? `const.f32[${dims}](${Array.from(floats)})`);
   }
 
+  /** The int8 scalar 0 (the zero point of symmetric int8 weights). */
+  int8Zero(): string {
+    return this.constant(DataType.INT8, [], new Uint8Array(1), "const.i8[](0)");
+  }
+
   /** A float16 constant from float32 values (rounded to nearest). */
   float16(values: ArrayLike<number>, dims: readonly number[], name: string): string {
     const bits = Uint16Array.from(Array.from(values, (value) => float32ToFloat16Bits(value)));
