@@ -1,5 +1,5 @@
 /** Checkpoint conversion: the public API of this folder. */
-export { convertCheckpoint, type ConvertOptions } from "./convert.js";
+export { convertCheckpoint, MODEL_FILES, type ConvertDtype, type ConvertOptions } from "./convert.js";
 export { ConversionError, ModelNotFoundError } from "./errors.js";
 export { checkModelFiles, checkTokenizerFiles } from "./model_directory.js";
 export { DEFAULT_CONVERSION_CACHE, resolveModelSource, type ResolveModelSourceOptions } from "./model_source.js";

@@ -158,7 +158,7 @@ export class DenseStream extends TransformersStream {
 export async function pretrainedSource(
   nameOrPath: string,
   revision?: string,
-  conversion: Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> = {},
+  conversion: Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert" | "dtype"> = {},
 ): Promise<{ path: string; files: { local_files_only?: boolean; revision?: string } }> {
   const path = await resolveModelSource(nameOrPath, conversion);
   return { path, files: { ...(existsSync(path) ? { local_files_only: true } : {}), ...(revision === undefined ? {} : { revision }) } };
@@ -188,7 +188,7 @@ export async function loadingFrom<T>(path: string, load: () => Promise<T>): Prom
 
 /** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
 export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
-  const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert });
+  const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert, dtype: options.dtype });
   if (files.local_files_only) checkTokenizerFiles(path);
   const tokenizer = await loadingFrom(path, () => transformers.AutoTokenizer.from_pretrained(path, files));
   const model = await loadingFrom(path, () =>

@@ -25,7 +25,9 @@ function streamingLoader<B extends PretrainedLoader>(Base: B) {
   return class {
     static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
       const { sink, rest } = splitSinkOptions(options);
-      const { path, files } = await pretrainedSource(id);
+      // A checkpoint converted on first use gets the file of the dtype asked (per session: the decoder's).
+      const dtype = typeof rest.dtype === "string" ? rest.dtype : rest.dtype?.model;
+      const { path, files } = await pretrainedSource(id, undefined, { dtype });
       const model = await loadingFrom(path, () => Base.from_pretrained(path, { ...files, ...rest }));
       return enableAttentionSinks(model, sink);
     }

@@ -12,11 +12,17 @@ const spec = {
   ],
   flags: flags({
     tokenizer: { type: "string", metavar: "FILE", description: "the llama2.c tokenizer (tokenizer.bin) for a llama2.c checkpoint" },
-    dtype: { type: "string", choices: ["fp32", "fp16"], default: "fp32", description: "fp16 also writes onnx/model_fp16.onnx with half-size weights" },
+    dtype: {
+      type: "string",
+      choices: ["fp32", "fp16", "q8", "q4", "q4f16"],
+      default: "fp32",
+      description: "also write the file transformers.js loads for this dtype: model_fp16.onnx, model_quantized.onnx (q8), model_q4.onnx or model_q4f16.onnx",
+    },
   }),
   examples: [
     "attention-sinks convert ../shared/models/stories260K/stories260K.bin stories260K --tokenizer ../shared/models/stories260K/tok512.bin",
     "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k --dtype fp16",
+    "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k-q4 --dtype q4",
   ],
 };
 
