@@ -12,6 +12,7 @@ import {
   AutoModelForCausalLM,
   AutoTokenizer,
   LlamaForCausalLM,
+  ConversionError,
   ModelNotFoundError,
   SinkCacheError,
   UnsupportedModelError,
@@ -180,6 +181,22 @@ describe("errors", () => {
       AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true }),
       (e: Error) => e instanceof UnsupportedModelError && /"jais" is not supported/.test(e.message) && /gpt2, gpt_neo, gpt_neox, gptj/.test(e.message),
     );
+  });
+
+  it("a supported family with a RoPE scaling key the package does not understand is refused, naming the key", async (t) => {
+    const f = await fixture("llama");
+    const dir = await mkdtemp(join(tmpdir(), "attention-sinks-mrope-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await cp(f.dir, dir, { recursive: true });
+    const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
+    for (const [rope_scaling, message] of [
+      [{ rope_type: "magic", factor: 2 }, /config\.json: rope_scaling\.rope_type "magic" is not supported \(supported: linear, dynamic, llama3, yarn, longrope\)/],
+      [{ rope_type: "linear", factor: 2, mrope_section: [2, 2] }, /config\.json: rope_scaling\.mrope_section is not understood by attention-sinks for rope type "linear"/],
+    ] as const) {
+      await writeFile(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling }));
+      // Checked with the model folder's files, before transformers.js reads them: the message names the file.
+      await assert.rejects(AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true }), (e: Error) => e instanceof ConversionError && message.test(e.message));
+    }
   });
 });
 

@@ -12,7 +12,7 @@ import type { TensorEntry } from "../src/convert/checkpoint.js";
 import { ConversionError } from "../src/convert/errors.js";
 import { readGgufCheckpoint } from "../src/convert/gguf_llama.js";
 import { huggingFaceWeights } from "../src/convert/hf_directory.js";
-import { decoderSpecFromLlamaConfig } from "../src/convert/hf_llama.js";
+import { decoderSpecFromHfConfig } from "../src/convert/hf_families.js";
 import { readLlama2cCheckpoint } from "../src/convert/llama2c.js";
 import { readLlama2cTokenizer } from "../src/convert/llama2c_tokenizer.js";
 import { sentencePieceTokenizerFiles } from "../src/convert/sentencepiece_tokenizer.js";
@@ -324,13 +324,13 @@ test("fuzzed safetensors files fail cleanly", { timeout: 120_000 }, (t) => {
   const files = sharedFiles(t, "models/tinystories-656k/model.safetensors", "models/tinystories-656k/config.json");
   if (!files) return;
   const base = new Uint8Array(readFileSync(files[0]));
-  const spec = decoderSpecFromLlamaConfig(JSON.parse(readFileSync(files[1], "utf8")), files[1]);
+  const { spec, family } = decoderSpecFromHfConfig(JSON.parse(readFileSync(files[1], "utf8")), files[1]);
   const headerLength = Number(new DataView(base.buffer, base.byteOffset).getBigUint64(0, true));
   runFuzz("safetensors", {
     base,
     headerBytes: 8 + headerLength,
     fields: [{ offset: 0, bytes: 8 }, { offset: 0, bytes: 4 }, { offset: 4, bytes: 4 }],
     structured: safetensorsStructured,
-    open: (bytes) => tensorReads(huggingFaceWeights("fuzz", spec, [memorySource("fuzz.safetensors", bytes)])),
+    open: (bytes) => tensorReads(huggingFaceWeights("fuzz", spec, family, [memorySource("fuzz.safetensors", bytes)])),
   });
 });

@@ -207,13 +207,13 @@ describe("Chat turns", () => {
   }
 
   it("with a chat template, feeds only what the template adds after the streamed reply", async () => {
-    const maxed = await fakeChat(dir, { new_tokens: 3, stopped: "max_new_tokens", last_token: 9n }, "hi you");
+    const maxed = await fakeChat(dir, { new_tokens: 3, stopped: "max_new_tokens", stop_string: null, last_token: 9n }, "hi you");
     assert.equal(maxed.format, "chat_template");
     assert.equal(maxed.nextTurnText("hello"), "<s><|user|>hello<|assistant|>");
     await maxed.send("hello", { max_new_tokens: 3 });
     // The reply was cut short: the template's end-of-turn marker is new to the stream.
     assert.equal(maxed.nextTurnText("and you?"), "</s><|user|>and you?<|assistant|>");
-    const ended = await fakeChat(dir, { new_tokens: 3, stopped: "eos", last_token: 2n }, "hi you");
+    const ended = await fakeChat(dir, { new_tokens: 3, stopped: "eos", stop_string: null, last_token: 2n }, "hi you");
     await ended.send("hello", { max_new_tokens: 3 });
     // The model generated the marker itself, and the stream feeds it before the next turn.
     assert.equal(ended.nextTurnText("and you?"), "<|user|>and you?<|assistant|>");
@@ -224,14 +224,33 @@ describe("Chat turns", () => {
   it("without one, uses User:/Assistant: lines and does not repeat a marker the reply stopped at", async () => {
     const plainDir = await mkdtemp(join(tmpdir(), "attention-sinks-plain-chat-"));
     await writeTinyTextModel(plainDir, "gpt2", { seed: 3 });
-    const stopped = await fakeChat(plainDir, { new_tokens: 3, stopped: "stop_string", last_token: 5n }, " hi");
+    const stopped = await fakeChat(plainDir, { new_tokens: 3, stopped: "stop_string", stop_string: "\nUser:", last_token: 5n }, " hi");
     assert.equal(stopped.format, "plain");
     assert.equal(stopped.nextTurnText("hello"), "User: hello\nAssistant:");
     await stopped.send("hello", { max_new_tokens: 3 });
     assert.equal(stopped.nextTurnText("more"), " more\nAssistant:");
-    const maxed = await fakeChat(plainDir, { new_tokens: 3, stopped: "max_new_tokens", last_token: 5n }, " hi");
+    const maxed = await fakeChat(plainDir, { new_tokens: 3, stopped: "max_new_tokens", stop_string: null, last_token: 5n }, " hi");
     await maxed.send("hello", { max_new_tokens: 3 });
     assert.equal(maxed.nextTurnText("more"), "\nUser: more\nAssistant:");
+    // A caller's own stop string did not stream the marker, so the next turn writes it.
+    const ownStop = await fakeChat(plainDir, { new_tokens: 3, stopped: "stop_string", stop_string: "!", last_token: 5n }, " hi");
+    await ownStop.send("hello", { max_new_tokens: 3, stop_strings: ["!"] });
+    assert.equal(ownStop.nextTurnText("more"), "\nUser: more\nAssistant:");
+  });
+
+  it("sends several messages in one turn, and continues from a saved state", async () => {
+    const plainDir = await mkdtemp(join(tmpdir(), "attention-sinks-plain-chat-"));
+    await writeTinyTextModel(plainDir, "gpt2", { seed: 3 });
+    const plain = await fakeChat(plainDir, { new_tokens: 3, stopped: "max_new_tokens", stop_string: null, last_token: 5n }, " hi");
+    const first = [{ role: "system", content: "Be brief." }, { role: "user", content: "hello" }];
+    await plain.sendMessages(first, { max_new_tokens: 3 });
+    assert.deepEqual(plain.state, { messages: first, reply: " hi", stopped: "max_new_tokens", stop_string: null, last_token: 5n });
+    const templated = await fakeChat(dir, { new_tokens: 3, stopped: "max_new_tokens", stop_string: null, last_token: 9n }, "hi you");
+    await templated.sendMessages([{ role: "user", content: "hello" }], { max_new_tokens: 3 });
+    // A chat built from the saved state renders the next turn as the original would.
+    const restored = new Chat(templated.session, templated.state);
+    assert.equal(restored.nextTurnText("and you?"), templated.nextTurnText("and you?"));
+    assert.equal(restored.nextTurnText("and you?"), "</s><|user|>and you?<|assistant|>");
   });
 });
 

@@ -54,6 +54,14 @@ describe("attention-sink options", () => {
     assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, attendedPositions(512)).compaction_interval, 40);
   });
 
+  it("a graph's own sliding window bounds every slot, masked ones included, whatever the positions", () => {
+    const windowed = { ...attendedPositions(4096), sliding_window: 512 };
+    assert.deepEqual(resolveSinkPolicy({}, windowed), { sink_size: 4, window_size: 476, capacity: 480, compaction_interval: 30 });
+    assert.equal(resolveSinkPolicy({ attention_sink_window_size: 500, attention_sink_compaction_interval: 40 }, windowed).compaction_interval, 8);
+    assert.throws(() => resolveSinkPolicy({ attention_sink_window_size: 600 }, windowed), /4 \+ 600 = 604 exceeds the 512 slots the sliding window of this model's graph attends \(sliding_window\); use attention_sink_window_size <= 508/);
+    assert.equal(resolveSinkPolicy({}, { ...slotPositions(256), sliding_window: 4096 }).capacity, 240, "the smaller limit wins");
+  });
+
   it("splits our options from those transformers.js receives", () => {
     const { sink, rest } = splitSinkOptions({ attention_sink_size: 2, dtype: "fp32", device: "cpu" });
     assert.deepEqual(sink, { attention_sink_size: 2 });

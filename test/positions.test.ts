@@ -157,9 +157,37 @@ describe("model families", () => {
     );
   });
 
-  it("unknown RoPE scaling and impossible rotary dims are refused", () => {
+  it("unknown RoPE scaling, keys and layer kinds the package does not understand, and impossible rotary dims are refused by name", () => {
     const base = { model_type: "llama", num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 64 };
-    assert.throws(() => resolveGeometry({ ...base, rope_scaling: { rope_type: "magic", factor: 2 } }), /"magic" is not supported/);
+    assert.throws(() => resolveGeometry({ ...base, rope_scaling: { rope_type: "magic", factor: 2 } }), /rope_scaling\.rope_type "magic" is not supported/);
+    assert.throws(() => resolveGeometry({ ...base, rope_scaling: { type: "magic" } }), /rope_scaling\.type "magic" is not supported/);
+    assert.throws(() => resolveGeometry({ ...base, rope_parameters: { rope_type: "yarn", factor: 2, original_max_position_embeddings: 8, beta: 3 } }), /rope_parameters\.beta is not understood/);
+    assert.throws(() => resolveGeometry({ ...base, rope_scaling: { rope_type: "llama3", factor: 8 } }), /rope_scaling\.low_freq_factor: rope scaling "llama3" needs a number/);
     assert.throws(() => resolveGeometry({ ...base, partial_rotary_factor: 0.1 }), /rotary dimension/);
+    const mistral = { ...base, model_type: "mistral" };
+    assert.throws(() => resolveGeometry({ ...mistral, sliding_window: "4096" }), /config\.json: sliding_window is "4096", expected a positive integer or null/);
+    assert.throws(() => resolveGeometry({ ...mistral, sliding_window: 8, layer_types: ["sliding_attention", "chunked_attention"] }), /layer_types\[1\] is "chunked_attention", which attention-sinks does not know/);
+  });
+
+  it("sliding windows: per family rule, transformers' layer_types list first", () => {
+    const base = { num_hidden_layers: 4, num_attention_heads: 4, hidden_size: 64 };
+    assert.deepEqual(resolveGeometry({ ...base, model_type: "mistral", sliding_window: 4096 }).sliding_window, { size: 4096, layers: [0, 1, 2, 3] });
+    assert.equal(resolveGeometry({ ...base, model_type: "mistral", sliding_window: null }).sliding_window, null);
+    assert.equal(resolveGeometry({ ...base, model_type: "llama", sliding_window: 4096 }).sliding_window, null, "llama graphs apply none");
+    const qwen = { ...base, model_type: "qwen2", sliding_window: 32768, max_window_layers: 2 };
+    assert.equal(resolveGeometry(qwen).sliding_window, null, "use_sliding_window defaults to false");
+    assert.deepEqual(resolveGeometry({ ...qwen, use_sliding_window: true }).sliding_window?.layers, [2, 3]);
+    assert.deepEqual(resolveGeometry({ ...base, model_type: "gemma2", sliding_window: 4096 }).sliding_window?.layers, [0, 2]);
+    const layer_types = ["full_attention", "sliding_attention", "full_attention", "full_attention"];
+    assert.deepEqual(resolveGeometry({ ...base, model_type: "gemma2", sliding_window: 4096, layer_types }).sliding_window?.layers, [1]);
+  });
+
+  it("falcon: multi_query (true unless the config says otherwise) means one KV head, new_decoder_architecture reads num_kv_heads", () => {
+    const falcon = { model_type: "falcon", num_hidden_layers: 2, num_attention_heads: 8, hidden_size: 64 };
+    assert.equal(resolveGeometry(falcon).num_kv_heads, 1, "transformers' default multi_query is true");
+    assert.equal(resolveGeometry({ ...falcon, multi_query: false }).num_kv_heads, 8);
+    assert.equal(resolveGeometry({ ...falcon, new_decoder_architecture: true, num_kv_heads: 2 }).num_kv_heads, 2);
+    assert.equal(resolveGeometry({ ...falcon, new_decoder_architecture: true, multi_query: true, num_kv_heads: 2 }).num_kv_heads, 2);
+    assert.equal(resolveGeometry({ model_type: "llama", num_hidden_layers: 2, num_attention_heads: 8, hidden_size: 64, multi_query: true }).num_kv_heads, 8, "only Falcon reads multi_query");
   });
 });

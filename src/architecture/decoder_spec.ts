@@ -4,9 +4,11 @@
  * One description serves three consumers: the ONNX graph builder (`src/onnx`), the plain TypeScript
  * reference forward (`test/support/reference`) and the checkpoint converters (`src/convert`). Weights are named and
  * laid out as in Hugging Face Llama checkpoints (`[out_features, in_features]` for linear layers), so a
- * Llama-family checkpoint maps onto it name for name.
+ * Llama-family checkpoint maps onto it name for name; other families' names and fused projections are mapped
+ * onto them on conversion (`src/convert/hf_families.ts`).
  */
 import { ropeValuesProblem, type RopeSpec } from "../positions/rope.js";
+import type { SlidingWindow } from "../positions/sliding_window.js";
 
 /** How token positions enter the model. */
 export type PositionSpec =
@@ -16,7 +18,12 @@ export type PositionSpec =
    * ALiBi: a per-head linear bias on the query-key distance. `mask_cumsum` counts positions over the
    * attended (mask = 1) slots only, as Bloom and Falcon do; `key_index` counts every cache slot, as MPT does.
    */
-  | { kind: "alibi"; positions: "mask_cumsum" | "key_index" }
+  | {
+      kind: "alibi";
+      positions: "mask_cumsum" | "key_index";
+      /** Falcon adds the bias before scaling the scores by 1/sqrt(head_dim), so it is scaled too. */
+      scaled_by_head_dim?: boolean;
+    }
   /** A learned absolute position table added to the token embeddings (GPT-2, OPT). */
   | { kind: "learned"; max_positions: number };
 
@@ -32,12 +39,35 @@ export interface DecoderSpec {
   /** `rms`: RMSNorm (weight only). `layer`: LayerNorm (weight and bias). */
   norm: "rms" | "layer";
   norm_eps: number;
-  /** `swiglu`: down(silu(gate(x)) * up(x)). `gelu`: down(gelu(up(x) + b) ) + b (tanh approximation). */
-  mlp: "swiglu" | "gelu";
+  /**
+   * `swiglu`: down(silu(gate(x)) * up(x)) (Llama). `geglu`: down(gelu_tanh(gate(x)) * up(x)) (Gemma).
+   * `gelu`: down(gelu_tanh(up(x) + b)) + b (GPT-2). `gelu_exact`: down(gelu(up(x))) with the erf form of GELU
+   * (Falcon). Only `gelu` has biases of its own; `dense_bias` gives them to any.
+   */
+  mlp: "swiglu" | "geglu" | "gelu" | "gelu_exact";
   positions: PositionSpec;
   /** When true the output projection reuses `model.embed_tokens.weight`. */
   tie_word_embeddings: boolean;
+  /** Whether the query, key and value projections add a bias (Qwen2). Default false. */
+  qkv_bias?: boolean;
+  /** Whether the attention output and MLP projections add a bias (Falcon with `bias`; `gelu` MLPs always do). */
+  dense_bias?: boolean;
+  /** Multiplies the token embeddings before the first layer (Gemma: sqrt(hidden_size)). Default 1. */
+  embedding_multiplier?: number;
+  /**
+   * `sequential` (default): h = x + attn(norm1(x)), out = h + mlp(norm2(h)). `parallel`: out = x +
+   * attn(norm1(x)) + mlp(norm2(x)) (Falcon's new decoder architecture); `parallel_shared_norm` feeds both
+   * from norm1(x) and has no norm2 (Falcon-7B).
+   */
+  block?: "sequential" | "parallel" | "parallel_shared_norm";
+  /**
+   * Attention the graph itself limits to keys fewer than `size` cache slots behind the query, in `layers`
+   * (Mistral, Phi-3 and Qwen2 windows; Gemma 2 and GPT-Neo local layers). Counted in slots, as exported
+   * graphs count it, not in tokens of the stream.
+   */
+  sliding_window?: SlidingWindow;
 }
+
 
 /** A weight tensor: row-major float32 data and its shape. */
 export interface WeightTensor {
@@ -48,9 +78,14 @@ export interface WeightTensor {
 /** Weights by name (see {@link weightShapes} for the names a spec needs). */
 export type DecoderWeights = ReadonlyMap<string, WeightTensor>;
 
+/** Whether the MLP's projections add a bias. */
+export function mlpHasBias(spec: DecoderSpec): boolean {
+  return spec.mlp === "gelu" || spec.dense_bias === true;
+}
+
 /**
- * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms and `gelu` MLPs
- * (GPT-2 style); attention projections never carry a bias.
+ * Every weight a spec needs, by name, with its shape. Biases exist only for `layer` norms, MLPs with
+ * {@link mlpHasBias}, the query, key and value projections with `qkv_bias`, and the output one with `dense_bias`.
  */
 export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   const { hidden_size: h, num_heads, num_kv_heads, head_dim, intermediate_size: ffn, vocab_size } = spec;
@@ -64,20 +99,18 @@ export function weightShapes(spec: DecoderSpec): Map<string, number[]> {
   for (let i = 0; i < spec.num_layers; i++) {
     const layer = `model.layers.${i}`;
     norm(`${layer}.input_layernorm`);
-    shapes.set(`${layer}.self_attn.q_proj.weight`, [num_heads * head_dim, h]);
-    shapes.set(`${layer}.self_attn.k_proj.weight`, [num_kv_heads * head_dim, h]);
-    shapes.set(`${layer}.self_attn.v_proj.weight`, [num_kv_heads * head_dim, h]);
+    for (const [name, heads] of [["q", num_heads], ["k", num_kv_heads], ["v", num_kv_heads]] as const) {
+      shapes.set(`${layer}.self_attn.${name}_proj.weight`, [heads * head_dim, h]);
+      if (spec.qkv_bias) shapes.set(`${layer}.self_attn.${name}_proj.bias`, [heads * head_dim]);
+    }
     shapes.set(`${layer}.self_attn.o_proj.weight`, [h, num_heads * head_dim]);
-    norm(`${layer}.post_attention_layernorm`);
-    if (spec.mlp === "swiglu") {
-      shapes.set(`${layer}.mlp.gate_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
-    } else {
-      shapes.set(`${layer}.mlp.up_proj.weight`, [ffn, h]);
-      shapes.set(`${layer}.mlp.up_proj.bias`, [ffn]);
-      shapes.set(`${layer}.mlp.down_proj.weight`, [h, ffn]);
-      shapes.set(`${layer}.mlp.down_proj.bias`, [h]);
+    if (spec.dense_bias) shapes.set(`${layer}.self_attn.o_proj.bias`, [h]);
+    if (spec.block !== "parallel_shared_norm") norm(`${layer}.post_attention_layernorm`);
+    const projections: [string, number, number][] = [["up_proj", ffn, h], ["down_proj", h, ffn]];
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") projections.unshift(["gate_proj", ffn, h]);
+    for (const [name, out, inFeatures] of projections) {
+      shapes.set(`${layer}.mlp.${name}.weight`, [out, inFeatures]);
+      if (mlpHasBias(spec)) shapes.set(`${layer}.mlp.${name}.bias`, [out]);
     }
   }
   norm("model.norm");
@@ -112,7 +145,17 @@ export function validateDecoderSpec(spec: DecoderSpec): void {
   }
   if (spec.norm !== "rms" && spec.norm !== "layer") fail(`unknown norm ${String(spec.norm)}`);
   if (!(Number.isFinite(spec.norm_eps) && spec.norm_eps >= 0)) fail(`norm_eps must be a finite non-negative number, got ${spec.norm_eps}`);
-  if (spec.mlp !== "swiglu" && spec.mlp !== "gelu") fail(`unknown mlp ${String(spec.mlp)}`);
+  if (!["swiglu", "geglu", "gelu", "gelu_exact"].includes(spec.mlp)) fail(`unknown mlp ${String(spec.mlp)}`);
+  const block = spec.block ?? "sequential";
+  if (!["sequential", "parallel", "parallel_shared_norm"].includes(block)) fail(`unknown block ${String(block)}`);
+  const multiplier = spec.embedding_multiplier ?? 1;
+  if (!(multiplier > 0 && Number.isFinite(multiplier))) fail(`embedding_multiplier must be a positive number, got ${multiplier}`);
+  if (spec.sliding_window) {
+    const { size, layers } = spec.sliding_window;
+    if (!Number.isInteger(size) || size < 1) fail(`sliding_window.size must be a positive integer, got ${size}`);
+    const valid = layers.every((layer, i) => Number.isInteger(layer) && layer >= 0 && layer < spec.num_layers && (i === 0 || layer > layers[i - 1]));
+    if (!valid) fail(`sliding_window.layers must be ascending layer indices below num_layers = ${spec.num_layers}, got [${layers.join(", ")}]`);
+  }
   const positions = spec.positions;
   switch (positions.kind) {
     case "rope": {

@@ -56,4 +56,14 @@ export interface StreamingBackend {
   stats(): SinkCacheStats;
   /** Starts a new stream on an empty cache. */
   reset(): void;
+  /**
+   * The stream's whole state (KV cache and bookkeeping) as a self-checking record: constant in size once an
+   * attention-sink cache is full. The stream goes on unchanged.
+   */
+  snapshot(): Uint8Array;
+  /**
+   * Replaces the stream with one a snapshot() of a backend of the same model and cache settings took; a record
+   * that is corrupt or from another model throws a StateRecordError and leaves the current stream as it was.
+   */
+  restore(state: Uint8Array): void;
 }

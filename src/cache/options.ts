@@ -40,8 +40,8 @@ export class AttentionSinkOptionError extends RangeError {
 
   constructor(
     message: string,
-    /** When the cache is too large for the model: the most tokens (sink + window) it may hold. */
-    readonly max_cache_tokens?: number,
+    /** When the cache is too large for the model: the limit it exceeds (the most tokens, sink + window, it may hold). */
+    readonly limit?: { size: number; what: string; key: string },
   ) {
     super(message);
   }
@@ -82,39 +82,67 @@ export interface PositionBudget {
   lazy_eviction: boolean;
   /** Whether masked slots use up positions (positions are slot indices), so they must fit the budget too. */
   masked_slots_use_positions: boolean;
+  /**
+   * The smallest sliding window the model's graph applies, in slots (null or absent: none). The graph
+   * hides any slot that far behind a query, sinks first, so every slot, masked ones included, must fit in it.
+   */
+  sliding_window?: number | null;
+}
+
+/** One bound the model sets on the cache: on the tokens it attends, and on its slots where `counts_slots`. */
+interface CacheLimit {
+  size: number;
+  counts_slots: boolean;
+  /** The config.json key it comes from, and what it counts, for the errors. */
+  key: string;
+  what: string;
+}
+
+function cacheLimits(budget: PositionBudget): CacheLimit[] {
+  const limits: CacheLimit[] = [];
+  if (budget.max_positions !== null) {
+    limits.push({ size: budget.max_positions, counts_slots: budget.masked_slots_use_positions, key: "max_position_embeddings", what: "positions this model addresses" });
+  }
+  if (budget.sliding_window != null) {
+    limits.push({ size: budget.sliding_window, counts_slots: true, key: "sliding_window", what: "slots the sliding window of this model's graph attends" });
+  }
+  return limits;
 }
 
 /** Validates the options against what the model can address. */
 export function resolveSinkPolicy(options: AttentionSinkOptions, budget: PositionBudget): SinkPolicy {
-  const { max_positions: maxPositions, lazy_eviction } = budget;
-  const bounded = budget.masked_slots_use_positions && maxPositions !== null;
+  const { lazy_eviction } = budget;
+  const limits = cacheLimits(budget);
   const sink_size = integerOption("attention_sink_size", options.attention_sink_size ?? DEFAULT_ATTENTION_SINK_SIZE, 0);
-  // The default window shrinks to fit models that address fewer positions, leaving room for evicted slots
-  // to wait for compaction where they use positions (a window filling every position would compact on every
-  // token); an explicit window is taken as given and checked.
-  const reserve = lazy_eviction && bounded ? defaultCompactionInterval(maxPositions) : 0;
-  const defaultWindow =
-    maxPositions === null ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE : Math.min(DEFAULT_ATTENTION_SINK_WINDOW_SIZE, Math.max(1, maxPositions - sink_size - reserve));
+  // The default window shrinks to fit every limit, leaving room for evicted slots to wait for compaction
+  // where the limit counts them (a window filling every slot would compact on every token); an explicit
+  // window is taken as given and checked.
+  let defaultWindow = DEFAULT_ATTENTION_SINK_WINDOW_SIZE;
+  for (const limit of limits) {
+    const reserve = lazy_eviction && limit.counts_slots ? defaultCompactionInterval(limit.size) : 0;
+    defaultWindow = Math.min(defaultWindow, Math.max(1, limit.size - sink_size - reserve));
+  }
   const window_size = integerOption("attention_sink_window_size", options.attention_sink_window_size ?? defaultWindow, 1);
   const capacity = sink_size + window_size;
-  if (maxPositions !== null && sink_size >= maxPositions) {
-    throw new AttentionSinkOptionError(
-      `attention_sink_size ${sink_size} leaves no room for a window in the ${maxPositions} positions this model addresses ` +
-        `(max_position_embeddings); use attention_sink_size < ${maxPositions}`,
-    );
-  }
-  if (maxPositions !== null && capacity > maxPositions) {
-    throw new AttentionSinkOptionError(
-      `attention_sink_size + attention_sink_window_size = ${sink_size} + ${window_size} = ${capacity} exceeds the ` +
-        `${maxPositions} positions this model addresses (max_position_embeddings); ` +
-        `use attention_sink_window_size <= ${Math.max(1, maxPositions - sink_size)}`,
-      maxPositions,
-    );
+  for (const { size, key, what } of limits) {
+    if (sink_size >= size) {
+      throw new AttentionSinkOptionError(
+        `attention_sink_size ${sink_size} leaves no room for a window in the ${size} ${what} (${key}); use attention_sink_size < ${size}`,
+      );
+    }
+    if (capacity > size) {
+      throw new AttentionSinkOptionError(
+        `attention_sink_size + attention_sink_window_size = ${sink_size} + ${window_size} = ${capacity} exceeds the ` +
+          `${size} ${what} (${key}); use attention_sink_window_size <= ${Math.max(1, size - sink_size)}`,
+        { size, what, key },
+      );
+    }
   }
   const requested =
     options.attention_sink_compaction_interval === undefined
       ? defaultCompactionInterval(capacity)
       : integerOption("attention_sink_compaction_interval", options.attention_sink_compaction_interval, 0);
-  const slack = !lazy_eviction ? 0 : bounded ? maxPositions - capacity : Infinity;
+  let slack = lazy_eviction ? Infinity : 0;
+  for (const limit of limits) if (limit.counts_slots) slack = Math.min(slack, limit.size - capacity);
   return { sink_size, window_size, capacity, compaction_interval: Math.max(0, Math.min(requested, slack)) };
 }

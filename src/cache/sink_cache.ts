@@ -41,6 +41,20 @@ export class SinkCacheError extends Error {
   override name = "SinkCacheError";
 }
 
+/**
+ * A stream's cache as saved: the attended slots only (sinks, then window), so its size is constant once the
+ * cache is full, and the counters that place them. Masked slots are not saved: attention gives them no weight,
+ * so they come back as zeros between the sinks and the window, at the slots (hence positions) they had.
+ */
+export interface SinkCacheSnapshot {
+  counters: { batch: number; attended: number; evicted: number; seen: number; sinks_kept: number; sink_shift: number };
+  /** Per layer, [batch, kv_heads, attended, head_dim]. */
+  keys: KvArray[];
+  values: KvArray[];
+  /** Per layer, the sink keys as first written (with RoPE; empty otherwise). */
+  sink_keys: Float32Array[];
+}
+
 /** The bookkeeping of one stream. Tensors live in the cache object's standard entries. */
 export class SinkCacheState {
   private batch = 0;
@@ -251,6 +265,83 @@ export class SinkCacheState {
     this.slots = kept;
     this.evicted = 0;
     this.sinkShift = 0;
+  }
+
+  /** The stream's state, copied out. */
+  save(): SinkCacheSnapshot {
+    const { head_dim, num_kv_heads, kv_type } = this.layout;
+    const rows = this.batch * num_kv_heads;
+    const sinks = this.sinksKept;
+    const windowLength = this.attended - sinks;
+    const attendedOnly = (name: string) => {
+      const from = this.entries[name].data as KvArray;
+      const out = allocateKv(kv_type, rows * this.attended * head_dim);
+      for (let r = 0; r < rows; r++) {
+        const source = r * this.slots * head_dim;
+        const target = r * this.attended * head_dim;
+        copyKv(from, source, sinks * head_dim, out, target);
+        copyKv(from, source + (sinks + this.evicted) * head_dim, windowLength * head_dim, out, target + sinks * head_dim);
+      }
+      return out;
+    };
+    return {
+      counters: { batch: this.batch, attended: this.attended, evicted: this.evicted, seen: this.seen, sinks_kept: sinks, sink_shift: this.sinkShift },
+      keys: this.batch === 0 ? [] : this.keyNames.map(attendedOnly),
+      values: this.batch === 0 ? [] : this.valueNames.map(attendedOnly),
+      sink_keys: this.sinkKeys.map((keys) => keys.slice()),
+    };
+  }
+
+  /** Continues the stream a {@link save} of a state with this policy and layout took (on a fresh state). */
+  load(snapshot: SinkCacheSnapshot): void {
+    if (this.batch !== 0) throw new SinkCacheError("a saved stream loads only into a cache that has not streamed yet");
+    const { batch, attended, evicted, seen, sinks_kept, sink_shift } = snapshot.counters;
+    const { capacity, sink_size, compaction_interval } = this.policy;
+    const { head_dim, num_kv_heads, num_layers, kv_type } = this.layout;
+    const whole = (n: number) => Number.isInteger(n) && n >= 0;
+    const rows = batch * num_kv_heads;
+    const sized = (arrays: readonly (KvArray | Float32Array)[], length: number, type: new (n: number) => KvArray | Float32Array) =>
+      arrays.length === (batch === 0 ? 0 : num_layers) && arrays.every((array) => array instanceof type && array.length === length);
+    const kvType = kv_type === "float32" ? Float32Array : Uint16Array;
+    const sinkCopies = this.rule.rotation && batch > 0 ? num_layers : 0;
+    if (
+      ![batch, attended, evicted, seen, sinks_kept, sink_shift].every(whole) ||
+      attended > capacity ||
+      evicted > compaction_interval ||
+      sinks_kept > Math.min(sink_size, attended) ||
+      seen < attended + evicted ||
+      (batch === 0 && seen > 0) ||
+      !sized(snapshot.keys, rows * attended * head_dim, kvType) ||
+      !sized(snapshot.values, rows * attended * head_dim, kvType) ||
+      snapshot.sink_keys.length !== sinkCopies ||
+      !snapshot.sink_keys.every((keys) => keys instanceof Float32Array && keys.length === rows * sink_size * head_dim)
+    ) {
+      throw new SinkCacheError("the saved stream does not fit this cache's settings and layout");
+    }
+    if (batch === 0) return;
+    this.bind(batch);
+    const slots = attended + evicted;
+    const windowLength = attended - sinks_kept;
+    for (let i = 0; i < num_layers; i++) {
+      const spread = (saved: KvArray) => {
+        const out = allocateKv(kv_type, rows * slots * head_dim);
+        for (let r = 0; r < rows; r++) {
+          const source = r * attended * head_dim;
+          const target = r * slots * head_dim;
+          copyKv(saved, source, sinks_kept * head_dim, out, target);
+          copyKv(saved, source + sinks_kept * head_dim, windowLength * head_dim, out, target + (sinks_kept + evicted) * head_dim);
+        }
+        return new Tensor(kv_type, out, [batch, num_kv_heads, slots, head_dim]);
+      };
+      this.entries[this.keyNames[i]] = spread(snapshot.keys[i]);
+      this.entries[this.valueNames[i]] = spread(snapshot.values[i]);
+      if (this.rule.rotation) this.sinkKeys[i].set(snapshot.sink_keys[i]);
+    }
+    this.slots = slots;
+    this.evicted = evicted;
+    this.seen = seen;
+    this.sinksKept = sinks_kept;
+    this.sinkShift = sink_shift;
   }
 
   /** The past key/value tensors to feed, by input name. */

@@ -20,12 +20,13 @@ export interface StreamingPolicy {
 }
 
 export function resolveStreamingPolicy(config: ModelConfig, options: AttentionSinkOptions, graph: GraphPositions): StreamingPolicy {
-  const { scheme, max_positions, model_type } = resolveGeometry(config);
+  const { scheme, max_positions, model_type, sliding_window } = resolveGeometry(config);
   const rule = slotRule(scheme, graph);
   const policy = resolveSinkPolicy(options, {
     max_positions,
     lazy_eviction: rule.lazy_eviction,
     masked_slots_use_positions: rule.position_ids === "slot",
+    sliding_window: sliding_window?.size ?? null,
   });
   // longrope picks its factors by the largest position in use, which masked slots extend.
   const geometry = resolveGeometry(config, policy.capacity + policy.compaction_interval);

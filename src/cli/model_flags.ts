@@ -104,10 +104,9 @@ export async function loadBackend(values: ModelFlags, extra: Pick<BackendLoadOpt
 /** An option error as the flags given would have caused it. */
 export function sizeUsageError(values: Pick<ModelFlags, "window_size" | "attention_sink_size">, error: AttentionSinkOptionError): UsageError {
   if (values.window_size !== undefined) {
-    if (error.max_cache_tokens !== undefined) {
-      return new UsageError(
-        `--window_size ${values.window_size} exceeds the ${error.max_cache_tokens} positions this model addresses (max_position_embeddings); use --window_size <= ${error.max_cache_tokens}`,
-      );
+    if (error.limit !== undefined) {
+      const { size, what, key } = error.limit;
+      return new UsageError(`--window_size ${values.window_size} exceeds the ${size} ${what} (${key}); use --window_size <= ${size}`);
     }
     return new UsageError(`--window_size ${values.window_size} with --attention_sink_size ${values.attention_sink_size ?? 4}: ${error.message}`);
   }

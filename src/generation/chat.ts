@@ -5,7 +5,7 @@
  * previous exchange is kept for rendering, so a conversation of any length runs in constant memory.
  */
 import type { ChatMessage, TextTokenizer } from "../backend/backend.js";
-import type { GenerationSession, TurnOptions, TurnResult } from "./session.js";
+import type { GenerationSession, StopReason, TurnOptions, TurnResult } from "./session.js";
 
 export type ChatFormat = "chat_template" | "plain";
 
@@ -17,27 +17,51 @@ export interface ChatReply extends TurnResult {
   reply: string;
 }
 
+/** What a chat keeps between turns (the last exchange and how its reply ended), to save and restore it. */
+export interface ChatState {
+  messages: ChatMessage[];
+  reply: string;
+  stopped: StopReason;
+  stop_string: string | null;
+  last_token: bigint | null;
+}
+
 export class Chat {
   readonly format: ChatFormat;
   /** The last exchange and how its reply ended: all a template needs to render the next turn's delta. */
-  private previous: { user: string; reply: string; result: TurnResult } | null = null;
+  private previous: ChatState | null;
 
-  constructor(readonly session: GenerationSession) {
+  /** A chat on `session`'s stream; `state` continues one whose stream the session holds (null: a new one). */
+  constructor(
+    readonly session: GenerationSession,
+    state: ChatState | null = null,
+  ) {
     this.format = session.tokenizer.has_chat_template ? "chat_template" : "plain";
+    this.previous = state;
+  }
+
+  get state(): ChatState | null {
+    return this.previous;
   }
 
   /** Sends a user message; the reply streams through `options.onText`. */
-  async send(message: string, options: Omit<TurnOptions, "stop_strings">): Promise<ChatReply> {
+  send(message: string, options: TurnOptions): Promise<ChatReply> {
+    return this.sendMessages([{ role: "user", content: message }], options);
+  }
+
+  /** Sends the messages that follow the conversation so far (a system prompt and a user message, say). */
+  async sendMessages(messages: readonly ChatMessage[], options: TurnOptions): Promise<ChatReply> {
     let reply = "";
-    const result = await this.session.generate(this.userTurn(message), {
+    const stops = options.stop_strings ?? [];
+    const result = await this.session.generate(this.turnTokens(messages), {
       ...options,
-      stop_strings: this.format === "plain" ? [PLAIN_USER_MARKER] : [],
+      stop_strings: this.format === "plain" ? [PLAIN_USER_MARKER, ...stops] : stops,
       onText: (text) => {
         reply += text;
         options.onText?.(text);
       },
     });
-    this.previous = { user: message, reply, result };
+    this.previous = { messages: [...messages], reply, stopped: result.stopped, stop_string: result.stop_string, last_token: result.last_token };
     return { ...result, reply };
   }
 
@@ -49,41 +73,42 @@ export class Chat {
 
   /** The text the next turn feeds for `message`: what the stream has not seen of the conversation. */
   nextTurnText(message: string): string {
-    return this.format === "plain" ? this.plainTurn(message) : this.templateTurn(message);
+    return this.turnText([{ role: "user", content: message }]);
   }
 
-  private userTurn(message: string): number[] {
+  private turnText(messages: readonly ChatMessage[]): string {
+    return this.format === "plain" ? this.plainTurn(messages) : this.templateTurn(messages);
+  }
+
+  private turnTokens(messages: readonly ChatMessage[]): number[] {
     // A template writes its own BOS; the plain format gets the tokenizer's at the start of the stream.
     const add_special_tokens = this.previous === null && this.format === "plain";
-    return this.session.tokenizer.encode(this.nextTurnText(message), { add_special_tokens });
+    return this.session.tokenizer.encode(this.turnText(messages), { add_special_tokens });
   }
 
-  private plainTurn(message: string): string {
-    const previous = this.previous;
-    if (previous === null) return plainTranscript([{ role: "user", content: message }]);
+  private plainTurn(messages: readonly ChatMessage[]): string {
+    if (this.previous === null) return plainTranscript(messages);
+    // Later turns start on a line of their own after the reply.
+    const text = `\n${plainTranscript(messages)}`;
     // A reply cut at the marker has already streamed it.
-    return previous.result.stopped === "stop_string" ? ` ${message}\nAssistant:` : `${PLAIN_USER_MARKER} ${message}\nAssistant:`;
+    return this.previous.stop_string === PLAIN_USER_MARKER && text.startsWith(PLAIN_USER_MARKER) ? text.slice(PLAIN_USER_MARKER.length) : text;
   }
 
-  private templateTurn(message: string): string {
+  private templateTurn(messages: readonly ChatMessage[]): string {
     const tokenizer = this.session.tokenizer;
-    const user: ChatMessage = { role: "user", content: message };
     const previous = this.previous;
-    if (previous === null) return render(tokenizer, [user], true);
-    const history: ChatMessage[] = [
-      { role: "user", content: previous.user },
-      { role: "assistant", content: previous.reply },
-    ];
+    if (previous === null) return render(tokenizer, messages, true);
+    const history: ChatMessage[] = [...previous.messages, { role: "assistant", content: previous.reply }];
     const before = render(tokenizer, history, false);
-    const after = render(tokenizer, [...history, user], true);
+    const after = render(tokenizer, [...history, ...messages], true);
     // The stream holds the conversation up to the end of the reply; what the template writes after it
-    // (its end-of-turn marker, then the new message) is new, unless the model already generated the marker.
+    // (its end-of-turn marker, then the new messages) is new, unless the model already generated the marker.
     const replyAt = before.lastIndexOf(previous.reply.trim());
     const streamed = replyAt < 0 ? before.length : replyAt + previous.reply.trim().length;
-    // A template that rewrites earlier turns has no stable prefix: the new message opens a conversation of its own.
-    if (!after.startsWith(before.slice(0, streamed))) return render(tokenizer, [user], true);
+    // A template that rewrites earlier turns has no stable prefix: the new messages open a conversation of their own.
+    if (!after.startsWith(before.slice(0, streamed))) return render(tokenizer, messages, true);
     let delta = after.slice(streamed);
-    const { stopped, last_token } = previous.result;
+    const { stopped, last_token } = previous;
     if (stopped === "eos" && last_token !== null) {
       const marker = tokenizer.decode([last_token], { skip_special_tokens: false });
       if (delta.startsWith(marker)) delta = delta.slice(marker.length);
@@ -98,7 +123,7 @@ export function plainTranscript(messages: readonly ChatMessage[]): string {
   return `${lines.join("\n")}\nAssistant:`;
 }
 
-function render(tokenizer: TextTokenizer, messages: ChatMessage[], add_generation_prompt: boolean): string {
+function render(tokenizer: TextTokenizer, messages: readonly ChatMessage[], add_generation_prompt: boolean): string {
   return tokenizer.renderChat(messages, add_generation_prompt);
 }
 

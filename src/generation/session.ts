@@ -29,6 +29,8 @@ export interface TurnResult {
   prompt_tokens: number;
   new_tokens: number;
   stopped: StopReason;
+  /** The stop string that ended the turn (when `stopped` is "stop_string"). */
+  stop_string: string | null;
   /** The last token generated (null when none was). */
   last_token: bigint | null;
   /** Seconds of the whole turn: prefill and generation. */
@@ -37,6 +39,12 @@ export interface TurnResult {
   prefill_seconds: number;
   /** Seconds spent generating after the prefill. */
   generation_seconds: number;
+}
+
+export interface SavedSession {
+  /** The backend's snapshot() of the stream. */
+  stream: Uint8Array;
+  pending_token: number | null;
 }
 
 export interface SessionOptions {
@@ -86,6 +94,17 @@ export class GenerationSession {
     return this.backend.stats();
   }
 
+  /** The stream and the token generated last but not fed yet: all the session needs to go on later or elsewhere. */
+  save(): SavedSession {
+    return { stream: this.backend.snapshot(), pending_token: this.pending };
+  }
+
+  /** Goes on from a {@link save} (of a session on the same model and cache settings); throws StateRecordError for a bad one. */
+  restore(saved: SavedSession): void {
+    this.backend.restore(saved.stream);
+    this.pending = saved.pending_token;
+  }
+
   /**
    * Generates a continuation of `input_ids` on the session's stream: the whole text so far on the first
    * turn, then only the new tokens of each later turn.
@@ -111,7 +130,7 @@ export class GenerationSession {
       // Stopped between chunks: the stream keeps the part of the prompt it was fed.
       this.pending = null;
       const seconds = (performance.now() - started) / 1000;
-      return { prompt_tokens: input_ids.length, new_tokens: 0, stopped: "interrupted", last_token: null, seconds, prefill_seconds: seconds, generation_seconds: 0 };
+      return { prompt_tokens: input_ids.length, new_tokens: 0, stopped: "interrupted", stop_string: null, last_token: null, seconds, prefill_seconds: seconds, generation_seconds: 0 };
     } finally {
       this.prefill = null;
     }
@@ -140,6 +159,7 @@ export class GenerationSession {
       prompt_tokens: input_ids.length,
       new_tokens: generated,
       stopped,
+      stop_string: stopped === "stop_string" ? text.stop_string : null,
       last_token: BigInt(last),
       seconds: (ended - started) / 1000,
       prefill_seconds: (prefilled - started) / 1000,
@@ -165,6 +185,10 @@ class TurnText {
     return this.stops.stopped;
   }
 
+  get stop_string(): string | null {
+    return this.stops.matched;
+  }
+
   setContext(ids: readonly number[]): void {
     this.decoder.setContext(ids.map(BigInt));
   }
@@ -188,6 +212,8 @@ class TurnText {
 class StopStringFilter {
   private held = "";
   stopped = false;
+  /** The stop string found (the one that starts first). */
+  matched: string | null = null;
 
   constructor(private readonly stops: readonly string[]) {}
 
@@ -196,6 +222,7 @@ class StopStringFilter {
     this.held += text;
     const found = Math.min(...this.stops.map((stop) => this.held.indexOf(stop)).filter((at) => at >= 0));
     if (Number.isFinite(found)) {
+      this.matched = this.stops.find((stop) => this.held.indexOf(stop) === found)!;
       const out = this.held.slice(0, found);
       this.held = "";
       this.stopped = true;

@@ -15,7 +15,7 @@
  * keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
-import { weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
+import { mlpHasBias, weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
 import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
@@ -53,6 +53,8 @@ export type WeightPlacement = (weight: StoredWeight) => Deferred<StoredWeight> |
 interface AttentionInputs {
   /** Added to the scores: [batch, 1 or num_heads, sequence_length, total_sequence_length]. */
   bias: string;
+  /** The same, also masking slots at least `sliding_window.size` behind the query (sliding layers only). */
+  slidingBias?: string;
   rotary?: RotaryTables;
 }
 
@@ -121,7 +123,7 @@ class DecoderGraph {
   private positionIds = "position_ids";
   /** Built on first use and shared by every layer. */
   private rotary?: { cos: string; sin: string };
-  private halfBias?: string;
+  private readonly halfBiases = new Map<string, string>();
   private readonly quantizedInputs = new Map<string, { codes: string; scale: string; zeroPoint: string }>();
   private gqaLengths?: { seqlens_k: string; total: string };
 
@@ -145,6 +147,11 @@ class DecoderGraph {
       // GroupQueryAttention rotates at positions it derives from seqlens_k: such graphs take no position_ids.
       if (style.attention === "GroupQueryAttention" && style.position_ids) {
         throw new Error("graph: GroupQueryAttention graphs take no position_ids");
+      }
+      // It reads no mask either, so a sliding window would have to be its local_window_size, which counts
+      // differently from the mask bias the other graphs window with.
+      if (style.attention === "GroupQueryAttention" && spec.sliding_window) {
+        throw new Error("graph: GroupQueryAttention graphs cannot apply a sliding window; export this model with attention \"standard\" or \"MultiHeadAttention\"");
       }
     }
   }
@@ -182,6 +189,8 @@ class DecoderGraph {
     const pasts = this.style.use_cache_branch ? this.cacheBranch() : (name: string) => name;
     const embedTokens = this.weight("model.embed_tokens.weight");
     let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
+    const multiplier = spec.embedding_multiplier ?? 1;
+    if (multiplier !== 1) hidden = g.op("Mul", [hidden, g.float32([multiplier], [])], "model.embed_tokens.scaled");
     if (spec.positions.kind === "learned") {
       const embedPositions = this.weight("model.embed_positions.weight");
       const positions = g.op("Gather", [embedPositions, "position_ids"], "model.embed_positions.output", [
@@ -190,13 +199,22 @@ class DecoderGraph {
       hidden = g.op("Add", [hidden, positions], "model.embeddings");
     }
     const attention = this.attentionInputs(takesPositions, pasts);
+    const block = spec.block ?? "sequential";
     let residual = hidden;
     let normed = this.norm("model.layers.0.input_layernorm", hidden);
     for (let i = 0; i < spec.num_layers; i++) {
       const prefix = `model.layers.${i}`;
-      const attended = this.attention(i, normed, attention, pasts);
-      ({ normed, sum: residual } = this.addAndNorm(`${prefix}.post_attention_layernorm`, residual, attended));
-      const mlp = this.mlp(prefix, normed);
+      const sliding = spec.sliding_window?.layers.includes(i) ?? false;
+      const attended = this.attention(i, normed, sliding ? attention.slidingBias! : attention.bias, attention.rotary, pasts);
+      let mlp: string;
+      if (block === "sequential") {
+        ({ normed, sum: residual } = this.addAndNorm(`${prefix}.post_attention_layernorm`, residual, attended));
+        mlp = this.mlp(prefix, normed);
+      } else {
+        // Parallel: the MLP reads the layer's input, not the attention's output.
+        mlp = this.mlp(prefix, block === "parallel" ? this.norm(`${prefix}.post_attention_layernorm`, residual) : normed);
+        residual = g.op("Add", [residual, attended], `${prefix}.attention_residual`);
+      }
       const next = i + 1 < spec.num_layers ? `model.layers.${i + 1}.input_layernorm` : "model.norm";
       ({ normed, sum: residual } = this.addAndNorm(next, residual, mlp));
     }
@@ -265,6 +283,12 @@ class DecoderGraph {
         return g.op("Cast", [product], output, [intAttribute("to", DataType.FLOAT)]);
       }
     }
+  }
+
+  /** The linear layer `layer` (its `.weight`, and its `.bias` when it has one) applied to x. */
+  private projection(x: string, layer: string, output: string, hasBias: boolean): string {
+    const product = this.linear(x, `${layer}.weight`, output);
+    return hasBias ? this.g.op("Add", [product, this.weight(`${layer}.bias`)], `${output}.biased`) : product;
   }
 
   /** DynamicQuantizeLinear of a graph value, once per value (q, k and v share their input's). */
@@ -346,19 +370,29 @@ class DecoderGraph {
     const attended4d = this.unsqueeze(attended, [1, 2], "attention.attended.4d"); // [B, 1, 1, T]
     const allowed = g.op("And", [causal, attended4d], "attention.allowed"); // [B, 1, n, T]
     const blocked = g.float32([MASKED_SCORE], []);
-    let bias = g.op("Where", [allowed, g.float32([0], []), blocked], "attention.mask_bias");
+    const zero = g.float32([0], []);
+    let bias = g.op("Where", [allowed, zero, blocked], "attention.mask_bias");
+    let slidingBias: string | undefined;
+    if (spec.sliding_window) {
+      const behind = g.op("Sub", [slots.queryColumn, slots.keyRow], "attention.slots_behind"); // [n, T]
+      const inWindow = g.op("Less", [behind, g.int64([spec.sliding_window.size], [])], "attention.in_window");
+      const allowedInWindow = g.op("And", [allowed, inWindow], "attention.allowed_in_window");
+      slidingBias = g.op("Where", [allowedInWindow, zero, blocked], "attention.sliding_mask_bias");
+    }
 
     const positions = spec.positions;
     if (positions.kind === "alibi") {
-      bias = g.op("Add", [this.alibiBias(positions.positions, slots), bias], "attention.bias");
+      const alibi = this.alibiBias(positions.positions, positions.scaled_by_head_dim === true, slots);
+      bias = g.op("Add", [alibi, bias], "attention.bias");
+      if (slidingBias) slidingBias = g.op("Add", [alibi, slidingBias], "attention.sliding_bias");
     }
     if (!takesPositions) this.positionIds = this.unsqueeze(slots.querySlots, [0], "attention.query_slots.positions"); // [1, n]
     const standardRope = positions.kind === "rope" && this.style.attention === "standard";
-    return { bias, rotary: standardRope ? this.rotaryTables(positions.rope) : undefined };
+    return { bias, slidingBias, rotary: standardRope ? this.rotaryTables(positions.rope) : undefined };
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
-  private alibiBias(positions: "mask_cumsum" | "key_index", slots: SlotIndices): string {
+  private alibiBias(positions: "mask_cumsum" | "key_index", scaled: boolean, slots: SlotIndices): string {
     const { g, spec } = this;
     let distance: string;
     if (positions === "key_index") {
@@ -380,7 +414,8 @@ class DecoderGraph {
       ); // [B, n, T]
       distance = this.unsqueeze(difference, [1], "alibi.distance"); // [B, 1, n, T]
     }
-    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope);
+    const scale = scaled ? 1 / Math.sqrt(spec.head_dim) : 1;
+    const negativeSlopes = Array.from(alibiSlopes(spec.num_heads), (slope) => -slope * scale);
     const slopes = g.float32(negativeSlopes, [spec.num_heads, 1, 1], "alibi.negative_slopes");
     const distanceFloat = g.op("Cast", [distance], "alibi.distance.float", [intAttribute("to", DataType.FLOAT)]);
     return g.op("Mul", [distanceFloat, slopes], "alibi.bias");
@@ -450,22 +485,22 @@ class DecoderGraph {
     return g.op("Concat", [rotated, passing], `${x}.with_rope`, [intAttribute("axis", 3)]);
   }
 
-  private attention(index: number, x: string, inputs: AttentionInputs, pasts: (past: string) => string): string {
-    if (this.style.attention !== "standard") return this.contribAttention(index, x, inputs, pasts);
+  private attention(index: number, x: string, bias: string, rotary: RotaryTables | undefined, pasts: (past: string) => string): string {
+    if (this.style.attention !== "standard") return this.contribAttention(index, x, bias, pasts);
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
     const project = (name: "q" | "k" | "v", count: number) => {
-      const flat = this.linear(x, `${prefix}.${name}_proj.weight`, `${prefix}.${name}`);
+      const flat = this.projection(x, `${prefix}.${name}_proj`, `${prefix}.${name}`, spec.qkv_bias === true);
       const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
       return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
     };
     let queries = project("q", heads);
     let keys = project("k", kvHeads);
     const values = project("v", kvHeads);
-    if (inputs.rotary) {
-      queries = this.rotate(queries, inputs.rotary);
-      keys = this.rotate(keys, inputs.rotary);
+    if (rotary) {
+      queries = this.rotate(queries, rotary);
+      keys = this.rotate(keys, rotary);
     }
     const axis2 = [intAttribute("axis", 2)];
     // present = past + new in the cache's type; attention itself always runs in float32.
@@ -492,14 +527,14 @@ class DecoderGraph {
     ]);
     const groupedScores = g.op("MatMul", [groupedQueries, keysTransposed], `${prefix}.scores.grouped`);
     const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
-    const biased = g.op("Add", [scores, inputs.bias], `${prefix}.scores.biased`);
+    const biased = g.op("Add", [scores, bias], `${prefix}.scores.biased`);
     const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
     const groupedProbabilities = regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`);
     const groupedContext = g.op("MatMul", [groupedProbabilities, allValues], `${prefix}.context.grouped`);
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
-    return this.linear(merged, `${prefix}.o_proj.weight`, `${prefix}.output`);
+    return this.projection(merged, `${prefix}.o_proj`, `${prefix}.output`, spec.dense_bias === true);
   }
 
   /** residual + delta, and its norm: two ops, or one Skip*LayerNormalization in fused graphs. */
@@ -546,7 +581,7 @@ class DecoderGraph {
    * Attention from onnxruntime's contrib ops, in the cache's type (float16 caches make the op run in float16,
    * as genai's fp16 models do): projections, RoPE, attention with the past, output projection.
    */
-  private contribAttention(index: number, x: string, inputs: AttentionInputs, pasts: (past: string) => string): string {
+  private contribAttention(index: number, x: string, bias: string, pasts: (past: string) => string): string {
     const { g, spec } = this;
     const prefix = `model.layers.${index}.self_attn`;
     const rope = (spec.positions as { kind: "rope"; rope: RopeSpec }).rope;
@@ -554,7 +589,7 @@ class DecoderGraph {
     const half = this.kvDtype === "fp16";
     const toCacheType = (value: string) => (half ? g.op("Cast", [value], `${value}.float16`, [intAttribute("to", DataType.FLOAT16)]) : value);
     const project = (name: "q" | "k" | "v") =>
-      toCacheType(this.linear(x, `${prefix}.${name}_proj.weight`, `${prefix}.${name}`));
+      toCacheType(this.projection(x, `${prefix}.${name}_proj`, `${prefix}.${name}`, spec.qkv_bias === true));
     let [queries, keys] = [project("q"), project("k")];
     const values = project("v");
     const past = (kind: "key" | "value") => pasts(`past_key_values.${index}.${kind}`);
@@ -569,8 +604,7 @@ class DecoderGraph {
           intAttribute("rotary_embedding_dim", rope.rotary_dim),
         ])[0];
       [queries, keys] = [rotate(queries), rotate(keys)];
-      const bias = half ? (this.halfBias ??= this.float16Bias(inputs.bias)) : inputs.bias;
-      g.contrib("MultiHeadAttention", [queries, keys, values, "", "", bias, past("key"), past("value")], [context, present("key"), present("value")], [
+      g.contrib("MultiHeadAttention", [queries, keys, values, "", "", half ? this.float16Bias(bias) : bias, past("key"), past("value")], [context, present("key"), present("value")], [
         intAttribute("num_heads", spec.num_heads),
       ]);
     } else {
@@ -587,14 +621,22 @@ class DecoderGraph {
       );
     }
     const merged = half ? g.op("Cast", [context], `${context}.float32`, [intAttribute("to", DataType.FLOAT)]) : context;
-    return this.linear(merged, `${prefix}.o_proj.weight`, `${prefix}.output`);
+    return this.projection(merged, `${prefix}.o_proj`, `${prefix}.output`, spec.dense_bias === true);
   }
 
-  /** The mask bias in float16, with float16's lowest value for blocked slots (float32's -1e9 would be -inf). */
+  /**
+   * A mask bias in float16, with float16's lowest value for blocked slots (float32's -1e9 would be -inf); once
+   * per bias, shared by the layers that read it.
+   */
   private float16Bias(bias: string): string {
     const { g } = this;
-    const clamped = g.op("Max", [bias, g.float32([FLOAT16_LOWEST], [])], `${bias}.clamped`);
-    return g.op("Cast", [clamped], `${bias}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+    let half = this.halfBiases.get(bias);
+    if (half === undefined) {
+      const clamped = g.op("Max", [bias, g.float32([FLOAT16_LOWEST], [])], `${bias}.clamped`);
+      half = g.op("Cast", [clamped], `${bias}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+      this.halfBiases.set(bias, half);
+    }
+    return half;
   }
 
   /** GroupQueryAttention's view of the cache, from the mask as genai's graphs compute it. */
@@ -636,17 +678,26 @@ class DecoderGraph {
   private mlp(layerPrefix: string, x: string): string {
     const { g, spec } = this;
     const prefix = `${layerPrefix}.mlp`;
-    const linear = (name: string, input: string) =>
-      this.linear(input, `${prefix}.${name}.weight`, `${prefix}.${name}`);
-    if (spec.mlp === "swiglu") {
+    const linear = (name: string, input: string) => this.projection(input, `${prefix}.${name}`, `${prefix}.${name}`, mlpHasBias(spec));
+    if (spec.mlp === "swiglu" || spec.mlp === "geglu") {
       const gate = linear("gate_proj", x);
-      const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`);
-      const product = g.op("Mul", [silu, linear("up_proj", x)], `${prefix}.gated`);
+      const activated =
+        spec.mlp === "swiglu"
+          ? g.op("Mul", [gate, g.op("Sigmoid", [gate], `${prefix}.gate_sigmoid`)], `${prefix}.gate_silu`)
+          : this.geluTanh(gate, `${prefix}.gate_gelu`);
+      const product = g.op("Mul", [activated, linear("up_proj", x)], `${prefix}.gated`);
       return linear("down_proj", product);
     }
-    const up = g.op("Add", [linear("up_proj", x), this.weight(`${prefix}.up_proj.bias`)], `${prefix}.up_proj.biased`);
-    const activated = this.geluTanh(up, `${prefix}.gelu`);
-    return g.op("Add", [linear("down_proj", activated), this.weight(`${prefix}.down_proj.bias`)], `${prefix}.output`);
+    const up = linear("up_proj", x);
+    return linear("down_proj", spec.mlp === "gelu_exact" ? this.geluExact(up, `${prefix}.gelu`) : this.geluTanh(up, `${prefix}.gelu`));
+  }
+
+  /** 0.5 x (1 + erf(x / sqrt(2))), written out (the Gelu op needs opset 20). */
+  private geluExact(x: string, prefix: string): string {
+    const { g } = this;
+    const erf = g.op("Erf", [g.op("Mul", [x, g.float32([Math.SQRT1_2], [])], `${prefix}.scaled`)], `${prefix}.erf`);
+    const erfPlusOne = g.op("Add", [erf, g.float32([1], [])], `${prefix}.erf_plus_one`);
+    return g.op("Mul", [g.op("Mul", [x, g.float32([0.5], [])], `${prefix}.half_x`), erfPlusOne], `${prefix}.output`);
   }
 
   /** 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), written out (the Gelu op needs opset 20). */

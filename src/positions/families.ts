@@ -3,6 +3,7 @@
  * Everything the sink cache needs to know about a model comes from its row plus its `config.json`.
  */
 import { ropeInverseFrequencies, ropeValuesProblem, type RopeLayout, type RopeScaling, type RopeSpec } from "./rope.js";
+import { slidingWindowOf, SlidingWindowConfigError, type SlidingWindow, type SlidingWindowRule } from "./sliding_window.js";
 
 export interface FamilyRow {
   positions: "rope" | "alibi" | "learned";
@@ -14,10 +15,20 @@ export interface FamilyRow {
   alibi_flag?: string;
   /** A boolean config path that, when false, switches an ALiBi family to learned positions (MPT). */
   alibi_disabled_flag?: string;
+  /** Where the family's graph applies a sliding window of its own, and how the config says so. */
+  sliding_window?: SlidingWindowRule;
+  /**
+   * Falcon: `multi_query` (one KV head) takes this default when the config omits it, as in transformers, and
+   * gives way to the `unless` flag (`new_decoder_architecture`, which reads the KV head count instead).
+   */
+  multi_query?: { default: boolean; unless: string };
 }
 
-const rope = (rope_layout: RopeLayout): FamilyRow => ({ positions: "rope", rope_layout });
+const rope = (rope_layout: RopeLayout, extra: Partial<FamilyRow> = {}): FamilyRow => ({ positions: "rope", rope_layout, ...extra });
 const learned: FamilyRow = { positions: "learned" };
+const everyLayer: SlidingWindowRule = { size_key: "sliding_window", layers: "all" };
+/** Qwen: only with `use_sliding_window`, and only from layer `max_window_layers` on. */
+const qwenWindow: SlidingWindowRule = { size_key: "sliding_window", enabled_by: "use_sliding_window", layers: { from_layer_key: "max_window_layers" } };
 
 /**
  * Supported families. Every row uses the transformers.js cache layout
@@ -25,28 +36,32 @@ const learned: FamilyRow = { positions: "learned" };
  */
 export const FAMILIES: Readonly<Record<string, FamilyRow>> = {
   llama: rope("rotate_half"),
-  mistral: rope("rotate_half"),
-  qwen2: rope("rotate_half"),
-  qwen3: rope("rotate_half"),
+  mistral: rope("rotate_half", { sliding_window: everyLayer }),
+  qwen2: rope("rotate_half", { sliding_window: qwenWindow }),
+  qwen3: rope("rotate_half", { sliding_window: qwenWindow }),
   gemma: rope("rotate_half"),
-  gemma2: rope("rotate_half"),
+  gemma2: rope("rotate_half", { sliding_window: { size_key: "sliding_window", layers: "even" } }),
   olmo: rope("rotate_half"),
   olmo2: rope("rotate_half"),
   granite: rope("rotate_half"),
-  starcoder2: rope("rotate_half"),
+  starcoder2: rope("rotate_half", { sliding_window: everyLayer }),
   stablelm: rope("rotate_half"),
   phi: rope("rotate_half"),
-  phi3: rope("rotate_half"),
+  phi3: rope("rotate_half", { sliding_window: everyLayer }),
   gpt_neox: rope("rotate_half"),
   exaone: rope("rotate_half"),
   gptj: rope("interleaved"),
   codegen: rope("interleaved"),
   cohere: rope("interleaved"),
-  falcon: { ...rope("rotate_half"), alibi_flag: "alibi", alibi_positions: "mask_cumsum" },
+  falcon: rope("rotate_half", {
+    alibi_flag: "alibi",
+    alibi_positions: "mask_cumsum",
+    multi_query: { default: true, unless: "new_decoder_architecture" },
+  }),
   bloom: { positions: "alibi", alibi_positions: "mask_cumsum" },
   mpt: { positions: "alibi", alibi_positions: "key_index", alibi_disabled_flag: "attn_config.alibi" },
   gpt2: learned,
-  gpt_neo: learned,
+  gpt_neo: { ...learned, sliding_window: { size_key: "window_size", layers: { list_key: "attention_layers", sliding: "local" } } },
   opt: learned,
 };
 
@@ -66,6 +81,8 @@ export interface ModelGeometry {
   /** The largest position the model was trained to address (null when unbounded, as with ALiBi). */
   max_positions: number | null;
   scheme: PositionScheme;
+  /** The sliding window the model's graph applies, or null. */
+  sliding_window: SlidingWindow | null;
 }
 
 /** A transformers `config.json`, read loosely: only the keys below are consulted. */
@@ -125,15 +142,45 @@ function requireCount(config: ModelConfig, keys: readonly string[], what: string
   return value;
 }
 
-/** Reads `rope_parameters` (transformers >= 4.56) or `rope_scaling`, normalised to {@link RopeScaling}. */
+/** The keys each RoPE scaling type may carry, besides its type, as transformers validates them. */
+const ROPE_SCALING_KEYS: Readonly<Record<string, readonly string[]>> = {
+  default: [],
+  linear: ["factor"],
+  dynamic: ["factor", "original_max_position_embeddings"],
+  llama3: ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"],
+  yarn: ["factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"],
+  longrope: ["short_factor", "long_factor", "factor", "original_max_position_embeddings", "attention_factor"],
+};
+/** Keys any type may carry: its name, and what transformers >= 4.56 keeps beside it in `rope_parameters`. */
+const ROPE_COMMON_KEYS = ["rope_type", "type", "rope_theta", "partial_rotary_factor"];
+
+/**
+ * Reads `rope_parameters` (transformers >= 4.56) or `rope_scaling`, normalised to {@link RopeScaling}; a type or
+ * key the package does not know is refused by name, since ignoring it would rotate keys wrongly.
+ */
 function readRopeScaling(config: ModelConfig, maxPositions: number | null, positionsInUse: number): RopeScaling | undefined {
-  const raw = (lookup(config, "rope_parameters") ?? lookup(config, "rope_scaling")) as Record<string, unknown> | null | undefined;
+  const source = lookup(config, "rope_parameters") != null ? "rope_parameters" : "rope_scaling";
+  const raw = lookup(config, source) as Record<string, unknown> | null | undefined;
   if (!raw || typeof raw !== "object") return undefined;
-  const type = String(raw.rope_type ?? raw.type ?? "default");
+  const typeKey = raw.rope_type !== undefined ? "rope_type" : "type";
+  const type = String(raw[typeKey] ?? "default");
+  const known = ROPE_SCALING_KEYS[type];
+  if (!known) {
+    throw new UnsupportedModelError(
+      `${source}.${typeKey} "${type}" is not supported (supported: ${Object.keys(ROPE_SCALING_KEYS).filter((t) => t !== "default").join(", ")})`,
+    );
+  }
+  for (const key of Object.keys(raw)) {
+    if (!known.includes(key) && !ROPE_COMMON_KEYS.includes(key)) {
+      throw new UnsupportedModelError(
+        `${source}.${key} is not understood by attention-sinks for rope type "${type}" (it reads: ${[typeKey, ...known].join(", ")})`,
+      );
+    }
+  }
   const num = (key: string, fallback?: number): number => {
     const value = raw[key] ?? fallback;
-    if (value === undefined) throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}, which is missing`);
-    if (typeof value !== "number") throw new UnsupportedModelError(`rope scaling "${type}" needs a numeric ${key}, not ${shown(value)}`);
+    if (value === undefined) throw new UnsupportedModelError(`${source}.${key}: rope scaling "${type}" needs a number, which is missing`);
+    if (typeof value !== "number") throw new UnsupportedModelError(`${source}.${key}: rope scaling "${type}" needs a number, not ${shown(value)}`);
     return value;
   };
   const original = () => num("original_max_position_embeddings", firstNumber(config, ["original_max_position_embeddings"]) ?? maxPositions ?? undefined);
@@ -170,7 +217,7 @@ function readRopeScaling(config: ModelConfig, maxPositions: number | null, posit
       const short = raw.short_factor;
       const long = raw.long_factor;
       if (!Array.isArray(short) || !Array.isArray(long)) {
-        throw new UnsupportedModelError('rope scaling "longrope" needs short_factor and long_factor arrays');
+        throw new UnsupportedModelError(`${source}.short_factor and long_factor: rope scaling "longrope" needs both as arrays`);
       }
       const originalMax = original();
       return {
@@ -183,11 +230,8 @@ function readRopeScaling(config: ModelConfig, maxPositions: number | null, posit
         use_long_factor: positionsInUse > originalMax,
       };
     }
-    default:
-      throw new UnsupportedModelError(
-        `rope scaling "${type}" is not supported (supported: linear, dynamic, llama3, yarn, longrope)`,
-      );
   }
+  return undefined;
 }
 
 /**
@@ -206,10 +250,12 @@ export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelG
       `model_type "${model_type}" is not supported by attention-sinks. Supported model types: ${SUPPORTED_MODEL_TYPES.join(", ")}`,
     );
   }
-  const num_heads = requireCount(config, ["num_attention_heads", "n_head", "n_heads"], "attention head count");
-  const num_kv_heads =
-    firstCount(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ??
-    (lookup(config, "multi_query") === true ? 1 : num_heads);
+  const num_heads = requireCount(config, ["num_attention_heads", "n_head", "n_heads", "num_heads"], "attention head count");
+  const multiQuery =
+    row.multi_query !== undefined &&
+    lookup(config, row.multi_query.unless) !== true &&
+    (lookup(config, "multi_query") ?? row.multi_query.default) === true;
+  const num_kv_heads = multiQuery ? 1 : (firstCount(config, ["num_key_value_heads", "num_kv_heads", "attn_config.kv_n_heads"]) ?? num_heads);
   const hidden = firstCount(config, ["hidden_size", "n_embd", "d_model"]);
   const head_dim = firstCount(config, ["head_dim"]) ?? (hidden !== undefined ? hidden / num_heads : NaN);
   if (!Number.isInteger(head_dim) || head_dim <= 0) {
@@ -249,6 +295,13 @@ export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelG
   } else {
     scheme = { kind: "learned" };
   }
+  let sliding_window: SlidingWindow | null = null;
+  try {
+    sliding_window = row.sliding_window ? slidingWindowOf(config, row.sliding_window, num_layers) : null;
+  } catch (error) {
+    if (error instanceof SlidingWindowConfigError) throw new UnsupportedModelError(error.message);
+    throw error;
+  }
   return {
     model_type,
     num_layers,
@@ -256,5 +309,6 @@ export function resolveGeometry(config: ModelConfig, positionsInUse = 0): ModelG
     head_dim,
     max_positions: positions === "alibi" ? null : max_positions,
     scheme,
+    sliding_window,
   };
 }

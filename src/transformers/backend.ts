@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import * as transformers from "@huggingface/transformers";
 import { DynamicCache, Tensor, type DataType, type DeviceType, type PreTrainedModel, type PreTrainedTokenizer } from "@huggingface/transformers";
 import type { ChatMessage, FeedOptions, StreamingBackend, TextTokenizer } from "../backend/backend.js";
+import { decodeStateRecord, encodeStateRecord, StateRecordError } from "../backend/state_record.js";
 import { experimentCache, type CacheSizes, type Experiment } from "../backend/experiments.js";
 import { DEFAULT_ATTENTION_SINK_WINDOW_SIZE } from "../cache/options.js";
 import type { SinkCacheStats } from "../cache/sink_cache.js";
@@ -13,8 +14,8 @@ import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/str
 import { checkTokenizerFiles, ModelNotFoundError, resolveModelSource, type ResolveModelSourceOptions } from "../convert/index.js";
 import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
-import { checkCacheGeometry, decoderInputs, decoderSession, pastName, presentName } from "./decoder_contract.js";
-import { enableAttentionSinks, type AttentionSinkModel } from "./enable.js";
+import { checkCacheGeometry, decoderInputs, decoderSession, kvType, pastName, presentName } from "./decoder_contract.js";
+import { enableAttentionSinks, streamingDecoderOf, type AttentionSinkModel } from "./enable.js";
 import { cacheStats } from "./stream_registry.js";
 
 export interface BackendLoadOptions extends CacheSizes, Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> {
@@ -102,6 +103,9 @@ abstract class TransformersStream implements StreamingBackend {
   reset(): void {
     this.cache = new DynamicCache();
   }
+
+  abstract snapshot(): Uint8Array;
+  abstract restore(state: Uint8Array): void;
 }
 
 /** A stream through the attention-sink cache. */
@@ -121,6 +125,14 @@ export class SinkStream extends TransformersStream {
     const out = await this.model.forward({ input_ids: tokenIds(tokens), past_key_values: this.cache, num_logits_to_keep: 1, signal: options.signal });
     return lastRow(out.logits);
   }
+
+  snapshot(): Uint8Array {
+    return streamingDecoderOf(this.model).snapshot(this.cache);
+  }
+
+  restore(state: Uint8Array): void {
+    this.cache = streamingDecoderOf(this.model).restore(state);
+  }
 }
 
 /** Plain transformers.js: every token stays in the cache, at its absolute position. */
@@ -128,20 +140,32 @@ export class DenseStream extends TransformersStream {
   readonly endless = false;
   readonly attention_sinks = null;
   private readonly layers: number;
+  /** The graph's empty cache, for the families this package knows; otherwise transformers.js makes it. */
+  private readonly emptyCache: Record<string, Tensor> | null = null;
 
   constructor(model: PreTrainedModel, tokenizer: PreTrainedTokenizer, window_tokens: number) {
     super(model, tokenizer, window_tokens);
     const session = decoderSession(model);
-    // transformers.js sizes its cache from config.json: a config that does not match the graph must stop here.
-    // (Plain transformers.js runs any family; the check needs one this package knows.)
-    const config = model.config as unknown as ModelConfig;
-    if (SUPPORTED_MODEL_TYPES.includes(String(config.model_type))) checkCacheGeometry(resolveGeometry(config), session);
     this.layers = decoderInputs(session).num_layers;
+    // transformers.js sizes its cache from config.json: a config that does not match the graph must stop here.
+    // It also names the cache from config.json, and for multi-query Falcon (`multi_query`) it names one
+    // `key_value` input per layer that the graph does not have; the graph's own names are used instead.
+    // (Plain transformers.js runs any family; both need one this package knows.)
+    const config = model.config as unknown as ModelConfig;
+    if (SUPPORTED_MODEL_TYPES.includes(String(config.model_type))) {
+      const geometry = resolveGeometry(config);
+      checkCacheGeometry(geometry, session);
+      const type = kvType(session);
+      const empty = () => new Tensor(type, type === "float32" ? new Float32Array(0) : new Uint16Array(0), [1, geometry.num_kv_heads, 0, geometry.head_dim]);
+      this.emptyCache = {};
+      for (let i = 0; i < this.layers; i++) for (const part of ["key", "value"] as const) this.emptyCache[pastName(i, part)] = empty();
+    }
   }
 
   /** One pass: a dense cache takes the whole input at once, so `signal` is only checked before it. */
   async feed(tokens: readonly number[], options: FeedOptions = {}): Promise<Float32Array> {
     options.signal?.throwIfAborted();
+    if (this.emptyCache && this.cache.get_seq_length() === 0) this.cache.update(this.emptyCache);
     const length = this.cache.get_seq_length() + tokens.length;
     const attention_mask = new Tensor("int64", new BigInt64Array(length).fill(1n), [1, length]);
     const out = (await this.model.forward({ input_ids: tokenIds(tokens), attention_mask, past_key_values: this.cache })) as Record<string, Tensor>;
@@ -152,7 +176,40 @@ export class DenseStream extends TransformersStream {
     this.cache.update(presents);
     return lastRow(out.logits);
   }
+
+  /** Every cached token's keys and values: a dense cache's record grows with the stream. */
+  snapshot(): Uint8Array {
+    const entries = this.cache as unknown as Record<string, Tensor>;
+    const tensors = this.layerNames().map((name) => entries[name]).filter((tensor) => tensor !== undefined);
+    const header = { layers: this.layers, dims: tensors.map((tensor) => tensor.dims), type: tensors[0]?.type ?? null };
+    return encodeStateRecord(DENSE_RECORD, header, tensors.map((tensor) => (tensor.data as Float32Array | Uint16Array).slice()));
+  }
+
+  restore(state: Uint8Array): void {
+    const { header, arrays } = decodeStateRecord(state, DENSE_RECORD);
+    const dims = header.dims as number[][];
+    const names = this.layerNames();
+    const type = header.type;
+    const fits =
+      header.layers === this.layers &&
+      Array.isArray(dims) &&
+      arrays.length === (dims.length === 0 ? 0 : names.length) &&
+      dims.length === arrays.length &&
+      (arrays.length === 0 || type === "float32" || type === "float16") &&
+      arrays.every((array, i) => array instanceof (type === "float32" ? Float32Array : Uint16Array) && Array.isArray(dims[i]) && dims[i].reduce((a, b) => a * b, 1) === array.length);
+    if (!fits) throw new StateRecordError("the saved stream does not fit this model's cache");
+    const cache = new DynamicCache();
+    const entries = cache as unknown as Record<string, Tensor>;
+    arrays.forEach((array, i) => (entries[names[i]] = new Tensor(type as "float32" | "float16", array as Float32Array | Uint16Array, dims[i])));
+    this.cache = cache;
+  }
+
+  private layerNames(): string[] {
+    return Array.from({ length: this.layers }, (_, i) => [pastName(i, "key"), pastName(i, "value")]).flat();
+  }
 }
+
+const DENSE_RECORD = "attention-sinks dense stream";
 
 /** What `from_pretrained` gets for a model name: its resolved source, and offline when it is on disk. */
 export async function pretrainedSource(

@@ -17,6 +17,15 @@ export interface AttentionSinkModel {
   forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput>;
 }
 
+const decoders = new WeakMap<object, StreamingDecoder>();
+
+/** The streaming decoder behind a model enableAttentionSinks() turned, for saving and restoring its streams. */
+export function streamingDecoderOf(model: AttentionSinkModel): StreamingDecoder {
+  const decoder = decoders.get(model);
+  if (!decoder) throw new TypeError("the model was not turned by enableAttentionSinks()");
+  return decoder;
+}
+
 /**
  * A transformers.js model with attention sinks. The streaming signatures come first, so TypeScript picks them
  * over transformers.js's `Promise<any>` ones, and the model stays assignable to the transformers.js class.
@@ -25,6 +34,7 @@ export type WithAttentionSinks<M extends PreTrainedModel> = AttentionSinkModel &
 
 export function enableAttentionSinks<M extends PreTrainedModel>(model: M, options: AttentionSinkOptions = {}): WithAttentionSinks<M> {
   const decoder = new StreamingDecoder(decoderSession(model), model.config as unknown as ModelConfig, options);
+  decoders.set(model, decoder);
   const target = model as unknown as Record<string, unknown>;
   Object.defineProperty(target, "attention_sinks", { value: decoder.settings, enumerable: false });
   target.forward = (inputs: StreamingForwardInputs) => decoder.forward(inputs);

@@ -6,13 +6,17 @@
 import { DynamicCache, Tensor } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import type { AttentionSinkOptions } from "../cache/options.js";
-import { SinkCacheError, SinkCacheState, type CacheLayout } from "../cache/sink_cache.js";
+import { decodeStateRecord, encodeStateRecord, StateRecordError } from "../backend/state_record.js";
+import { SinkCacheError, SinkCacheState, type CacheLayout, type SinkCacheSnapshot } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
 import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
+
+const STREAM_RECORD = "attention-sinks stream";
+const COUNTER_NAMES = ["batch", "attended", "evicted", "seen", "sinks_kept", "sink_shift"] as const satisfies readonly (keyof SinkCacheSnapshot["counters"])[];
 
 /** Inputs of a streaming forward pass (transformers.js names). */
 export interface StreamingForwardInputs {
@@ -73,14 +77,63 @@ export class StreamingDecoder {
         "past_key_values already holds tokens from a model without attention sinks: start the stream with an empty `new DynamicCache()`",
       );
     }
+    return this.start(cache, new Transcript());
+  }
+
+  private start(cache: DynamicCache, transcript: Transcript): Stream {
     const entries = cache as unknown as Record<string, Tensor>;
     const started: Stream = {
       signature: this.signature,
       slots: new SinkCacheState(this.settings, this.layout, this.rule, entries, { keys: this.keyNames, values: this.valueNames }),
-      transcript: new Transcript(),
+      transcript,
     };
     registerStream(cache, started);
     return started;
+  }
+
+  /** The whole state of a cache's stream as a record of constant size once the cache is full. */
+  snapshot(cache: DynamicCache): Uint8Array {
+    const stream = this.stream(cache);
+    const { counters, keys, values, sink_keys } = stream.slots.save();
+    const { lanes, fed, pending } = stream.transcript.save();
+    // Counters go in a fixed-width section, not the JSON header, so the record's size does not grow with them.
+    const numbers = Float64Array.from([...COUNTER_NAMES.map((name) => counters[name]), fed]);
+    const header = { signature: this.signature, lanes: lanes !== null, pending: pending !== null };
+    return encodeStateRecord(STREAM_RECORD, header, [numbers, ...keys, ...values, ...sink_keys, ...(lanes ? [lanes] : []), ...(pending ? [pending] : [])]);
+  }
+
+  /** A new cache that continues the stream a {@link snapshot} of this decoder took. */
+  restore(state: Uint8Array): DynamicCache {
+    const { header, arrays } = decodeStateRecord(state, STREAM_RECORD);
+    if (header.signature !== this.signature) {
+      throw new StateRecordError("the saved stream belongs to another model or other attention-sink settings");
+    }
+    const numbers = arrays.shift();
+    if (!(numbers instanceof Float64Array) || numbers.length !== COUNTER_NAMES.length + 1) throw new StateRecordError("the saved stream has no counters");
+    const counters = Object.fromEntries(COUNTER_NAMES.map((name, i) => [name, numbers[i]])) as SinkCacheSnapshot["counters"];
+    const fed = numbers[COUNTER_NAMES.length];
+    const layers = counters.batch === 0 ? 0 : this.layout.num_layers;
+    const sinkLayers = this.rule.rotation ? layers : 0;
+    const take = <T>(n: number) => arrays.splice(0, n) as T[];
+    const snapshot: SinkCacheSnapshot = { counters, keys: take(layers), values: take(layers), sink_keys: take(sinkLayers) };
+    const lanes = header.lanes === true ? (take<Uint32Array>(1)[0] ?? null) : null;
+    const pending = header.pending === true ? (take<BigInt64Array>(1)[0] ?? null) : null;
+    const malformed =
+      arrays.length > 0 ||
+      !Number.isInteger(fed) ||
+      fed < 0 ||
+      (header.lanes === true && !(lanes instanceof Uint32Array && lanes.length === 2 * counters.batch)) ||
+      (header.pending === true && !(pending instanceof BigInt64Array && pending.length === counters.batch));
+    if (malformed) throw new StateRecordError("the saved stream's sections do not match its header");
+    const cache = new DynamicCache();
+    const stream = this.start(cache, Transcript.load({ lanes, fed, pending }));
+    try {
+      stream.slots.load(snapshot);
+    } catch (error) {
+      if (error instanceof SinkCacheError) throw new StateRecordError(error.message);
+      throw error;
+    }
+    return cache;
   }
 
   async forward(inputs: StreamingForwardInputs): Promise<StreamingForwardOutput> {

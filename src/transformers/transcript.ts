@@ -28,6 +28,12 @@ class Fingerprint {
   }
 }
 
+export interface TranscriptSnapshot {
+  lanes: Uint32Array | null;
+  fed: number;
+  pending: BigInt64Array | null;
+}
+
 export class Transcript {
   private fingerprint: Fingerprint | null = null;
   private fed = 0;
@@ -50,6 +56,22 @@ export class Transcript {
     const probe = new Fingerprint(batch);
     probe.add(ids, length, 0, this.fed);
     return probe.lanes.every((value, i) => value === this.fingerprint!.lanes[i]) ? this.fed : 0;
+  }
+
+  /** The bookkeeping as saved with a stream: the fingerprint (null before any token), the count fed, the pending tokens. */
+  save(): TranscriptSnapshot {
+    return { lanes: this.fingerprint?.lanes.slice() ?? null, fed: this.fed, pending: this.pending?.slice() ?? null };
+  }
+
+  static load(snapshot: TranscriptSnapshot): Transcript {
+    const transcript = new Transcript();
+    if (snapshot.lanes !== null) {
+      transcript.fingerprint = new Fingerprint(snapshot.lanes.length / 2);
+      transcript.fingerprint.lanes.set(snapshot.lanes);
+    }
+    transcript.fed = snapshot.fed;
+    transcript.pending = snapshot.pending;
+    return transcript;
   }
 
   setPending(tokens: BigInt64Array): void {

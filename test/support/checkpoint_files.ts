@@ -120,7 +120,7 @@ export function writeGguf(version: 2 | 3, metadata: Map<string, GgufValue>, tens
 }
 
 /** A safetensors file of `tensors` stored as `dtype` (BF16 truncates), in the order given. */
-export function safetensorsFile(tensors: [string, WeightTensor][], dtype: "F32" | "BF16" | "I32" = "F32"): Uint8Array {
+export function safetensorsFile(tensors: readonly (readonly [string, WeightTensor])[], dtype: "F32" | "BF16" | "I32" = "F32"): Uint8Array {
   const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
   const data: Uint8Array[] = [];
   let offset = 0;

@@ -7,7 +7,7 @@ const spec = {
   name: "convert",
   summary: "Convert a checkpoint (Hugging Face safetensors, llama2.c, GGUF) into a transformers.js model directory",
   positionals: [
-    { name: "SOURCE", description: "a Hugging Face Llama-family directory, a llama2.c .bin checkpoint, or a .gguf file" },
+    { name: "SOURCE", description: "a Hugging Face directory (Llama, Mistral, Qwen2, Gemma, Phi-3, Falcon), a llama2.c .bin checkpoint, or a .gguf file" },
     { name: "OUT_DIR", description: "the directory to write (must not exist or be empty)" },
   ],
   flags: flags({

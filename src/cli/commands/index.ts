@@ -5,5 +5,6 @@ import { convertCommand } from "./convert.js";
 import { generateCommand } from "./generate.js";
 import { perplexityCommand } from "./perplexity.js";
 import { plotCommand } from "./plot.js";
+import { serveCommand } from "./serve.js";
 
-export const COMMANDS: readonly Command[] = [generateCommand, chatCommand, perplexityCommand, plotCommand, convertCommand];
+export const COMMANDS: readonly Command[] = [generateCommand, chatCommand, serveCommand, perplexityCommand, plotCommand, convertCommand];

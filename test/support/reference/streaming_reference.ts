@@ -7,7 +7,7 @@
  * (O(cache) re-rotation per layer and forward) on purpose; only tiny models run through it. It models one
  * batch row without padding, where ALiBi's `mask_cumsum` and `key_index` positions coincide.
  */
-import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
+import { mlpHasBias, validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../../../src/architecture/decoder_spec.js";
 // RoPE frequencies come from the formulas written out again in the test tree, not from src/positions/rope.ts.
 import { formulaAttentionFactor, formulaInverseFrequenciesFloat32 } from "./rope_formulas.js";
 
@@ -60,7 +60,9 @@ export class StreamingReference {
     const positions = spec.positions;
     this.inverseFrequencies = positions.kind === "rope" ? formulaInverseFrequenciesFloat32(positions.rope) : null;
     this.ropeMagnitude = positions.kind === "rope" ? formulaAttentionFactor(positions.rope) : 1;
-    this.slopes = positions.kind === "alibi" ? referenceAlibiSlopes(spec.num_heads) : null;
+    // Falcon scales the ALiBi bias by 1/sqrt(head_dim) with the scores.
+    const alibiScale = positions.kind === "alibi" && positions.scaled_by_head_dim ? 1 / Math.sqrt(spec.head_dim) : 1;
+    this.slopes = positions.kind === "alibi" ? referenceAlibiSlopes(spec.num_heads).map((slope) => slope * alibiScale) : null;
   }
 
   /** Number of tokens in the cache (what attention sees). */
@@ -97,21 +99,33 @@ export class StreamingReference {
     for (let layer = 0; layer < spec.num_layers; layer++) {
       const prefix = `model.layers.${layer}`;
       const normed = hidden.map((x) => this.norm(x, `${prefix}.input_layernorm`));
+      const projection = (x: Float64Array, name: "q" | "k" | "v") =>
+        this.linear(x, `${prefix}.self_attn.${name}_proj.weight`, spec.qkv_bias ? `${prefix}.self_attn.${name}_proj.bias` : undefined);
       for (let k = 0; k < tokens.length; k++) {
-        fresh[k].keys.push(this.linear(normed[k], `${prefix}.self_attn.k_proj.weight`));
-        fresh[k].values.push(this.linear(normed[k], `${prefix}.self_attn.v_proj.weight`));
+        fresh[k].keys.push(projection(normed[k], "k"));
+        fresh[k].values.push(projection(normed[k], "v"));
       }
+      // A sliding layer sees only the keys fewer than `size` cache indices behind the query.
+      const windowSize = spec.sliding_window?.layers.includes(layer) ? spec.sliding_window.size : Infinity;
       const context = [...this.entries, ...fresh];
       // The point of the oracle: every key is rotated at its cache index as of this forward.
       const keys = context.map((entry, j) => this.rotateHeads(entry.keys[layer], j, spec.num_kv_heads));
       const values = context.map((entry) => entry.values[layer]);
       hidden = hidden.map((x, k) => {
         const position = start + k;
-        const query = this.rotateHeads(this.linear(normed[k], `${prefix}.self_attn.q_proj.weight`), position, spec.num_heads);
+        const query = this.rotateHeads(projection(normed[k], "q"), position, spec.num_heads);
         // Causal: the cache plus the new tokens up to and including this one.
-        const attended = this.attend(query, position, keys.slice(0, position + 1), values.slice(0, position + 1));
-        const h = add(x, this.linear(attended, `${prefix}.self_attn.o_proj.weight`));
-        return add(h, this.mlp(this.norm(h, `${prefix}.post_attention_layernorm`), prefix));
+        const first = Math.max(0, position - windowSize + 1);
+        const attended = this.attend(query, position, first, keys.slice(first, position + 1), values.slice(first, position + 1));
+        const h = add(x, this.linear(attended, `${prefix}.self_attn.o_proj.weight`, spec.dense_bias ? `${prefix}.self_attn.o_proj.bias` : undefined));
+        switch (spec.block ?? "sequential") {
+          case "sequential":
+            return add(h, this.mlp(this.norm(h, `${prefix}.post_attention_layernorm`), prefix));
+          case "parallel":
+            return add(h, this.mlp(this.norm(x, `${prefix}.post_attention_layernorm`), prefix));
+          case "parallel_shared_norm":
+            return add(h, this.mlp(normed[k], prefix));
+        }
       });
     }
 
@@ -141,13 +155,17 @@ export class StreamingReference {
   }
 
   private embed(token: number, position: number): Float64Array {
-    const x = this.row("model.embed_tokens.weight", token);
+    const multiplier = this.spec.embedding_multiplier ?? 1;
+    const x = this.row("model.embed_tokens.weight", token).map((v) => v * multiplier);
     if (this.spec.positions.kind !== "learned") return x;
     return add(x, this.row("model.embed_positions.weight", position));
   }
 
-  /** Scaled dot-product attention of one token's query heads over the given (already rotated) keys. */
-  private attend(query: Float64Array, queryPosition: number, keys: Float64Array[], values: Float64Array[]): Float64Array {
+  /**
+   * Scaled dot-product attention of one token's query heads over the given (already rotated) keys, which
+   * start at cache index `firstKey`.
+   */
+  private attend(query: Float64Array, queryPosition: number, firstKey: number, keys: Float64Array[], values: Float64Array[]): Float64Array {
     const { num_heads, num_kv_heads, head_dim } = this.spec;
     const headsPerKv = num_heads / num_kv_heads;
     const scale = 1 / Math.sqrt(head_dim);
@@ -160,7 +178,7 @@ export class StreamingReference {
         let dot = 0;
         for (let d = 0; d < head_dim; d++) dot += query[q + d] * keys[j][kv + d];
         // ALiBi penalises distance in cache positions; the key at cache index j sits at position j.
-        scores[j] = dot * scale - (this.slopes ? this.slopes[head] * (queryPosition - j) : 0);
+        scores[j] = dot * scale - (this.slopes ? this.slopes[head] * (queryPosition - firstKey - j) : 0);
       }
       const weights = softmax(scores);
       for (let j = 0; j < keys.length; j++) {
@@ -195,13 +213,17 @@ export class StreamingReference {
   }
 
   private mlp(x: Float64Array, prefix: string): Float64Array {
-    if (this.spec.mlp === "swiglu") {
-      const gate = this.linear(x, `${prefix}.mlp.gate_proj.weight`);
-      const up = this.linear(x, `${prefix}.mlp.up_proj.weight`);
-      return this.linear(gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]), `${prefix}.mlp.down_proj.weight`);
+    const { mlp } = this.spec;
+    const biased = mlpHasBias(this.spec);
+    const project = (input: Float64Array, name: string) =>
+      this.linear(input, `${prefix}.mlp.${name}.weight`, biased ? `${prefix}.mlp.${name}.bias` : undefined);
+    if (mlp === "swiglu" || mlp === "geglu") {
+      const gate = project(x, "gate_proj");
+      const up = project(x, "up_proj");
+      const activation = mlp === "swiglu" ? (g: number) => g / (1 + Math.exp(-g)) : geluTanh;
+      return project(gate.map((g, i) => activation(g) * up[i]), "down_proj");
     }
-    const up = this.linear(x, `${prefix}.mlp.up_proj.weight`, `${prefix}.mlp.up_proj.bias`);
-    return this.linear(up.map(geluTanh), `${prefix}.mlp.down_proj.weight`, `${prefix}.mlp.down_proj.bias`);
+    return project(project(x, "up_proj").map(mlp === "gelu_exact" ? geluErf : geluTanh), "down_proj");
   }
 
   private norm(x: Float64Array, prefix: string): Float64Array {
@@ -285,6 +307,26 @@ function softmax(scores: Float64Array): Float64Array {
 
 function geluTanh(x: number): number {
   return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+}
+
+/** The exact GELU, 0.5 x (1 + erf(x / sqrt(2))). */
+function geluErf(x: number): number {
+  return 0.5 * x * (1 + erf(x / Math.SQRT2));
+}
+
+/**
+ * erf by its Maclaurin series, summed in float64 until the terms vanish: within 1e-7 of erf for |z| < 5
+ * (the cancellation grows with |z|); beyond, erf is +-1 to within erfc(5) = 1.5e-12.
+ */
+function erf(z: number): number {
+  if (Math.abs(z) >= 5) return Math.sign(z);
+  let term = z;
+  let sum = z;
+  for (let n = 1; Math.abs(term) > 1e-17 * Math.abs(sum) || n < 3; n++) {
+    term *= (-z * z) / n;
+    sum += term / (2 * n + 1);
+  }
+  return (2 / Math.sqrt(Math.PI)) * sum;
 }
 
 function add(a: Float64Array, b: Float64Array): Float64Array {
