@@ -94,7 +94,8 @@ export interface GraphStyle {
   /**
    * How attention is written: standard ONNX ops (as Optimum exports it), or onnxruntime's fused contrib ops as
    * onnxruntime-genai's model builder emits them: `RotaryEmbedding` on position_ids + `MultiHeadAttention`
-   * with an additive mask bias, or `GroupQueryAttention` (rotary inside, positions from `seqlens_k`).
+   * with an additive mask bias, or `GroupQueryAttention` (rotary inside, positions from `seqlens_k`; a
+   * `position_ids` input, if declared, goes unused, as in some genai exports).
    */
   attention: AttentionOps;
   /** Residual adds fused into the next norm (`SkipSimplifiedLayerNormalization`, `SkipLayerNormalization`). */
@@ -144,12 +145,8 @@ class DecoderGraph {
       if (style.attention === "MultiHeadAttention" && (spec.num_kv_heads !== spec.num_heads || !style.position_ids)) {
         throw new Error("graph: MultiHeadAttention graphs need as many key/value heads as query heads, and position_ids");
       }
-      // GroupQueryAttention rotates at positions it derives from seqlens_k: such graphs take no position_ids.
-      if (style.attention === "GroupQueryAttention" && style.position_ids) {
-        throw new Error("graph: GroupQueryAttention graphs take no position_ids");
-      }
-      // It reads no mask either, so a sliding window would have to be its local_window_size, which counts
-      // differently from the mask bias the other graphs window with.
+      // GroupQueryAttention reads no mask, so a sliding window would have to be its local_window_size, which
+      // counts differently from the mask bias the other graphs window with.
       if (style.attention === "GroupQueryAttention" && spec.sliding_window) {
         throw new Error("graph: GroupQueryAttention graphs cannot apply a sliding window; export this model with attention \"standard\" or \"MultiHeadAttention\"");
       }

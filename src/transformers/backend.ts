@@ -16,6 +16,7 @@ import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
 import { checkCacheGeometry, decoderInputs, decoderSession, kvType, pastName, presentName } from "./decoder_contract.js";
 import { enableAttentionSinks, streamingDecoderOf, type AttentionSinkModel } from "./enable.js";
+import { checkLoadedGraph } from "./graph_checks.js";
 import { cacheStats } from "./stream_registry.js";
 
 export interface BackendLoadOptions extends CacheSizes, Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> {
@@ -262,5 +263,8 @@ export async function loadTransformersBackend(nameOrPath: string, options: Backe
       ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE
       : resolveStreamingPolicy(model.config as unknown as ModelConfig, { attention_sink_size: sinks }, decoderInputs(decoderSession(model))).settings.window_size;
   const { sink_options, window_tokens } = experimentCache(experiment, options, defaultWindow);
-  return sink_options === null ? new DenseStream(model, tokenizer, window_tokens) : new SinkStream(enableAttentionSinks(model, sink_options), tokenizer);
+  if (sink_options === null) return new DenseStream(model, tokenizer, window_tokens);
+  const streaming = enableAttentionSinks(model, sink_options);
+  await checkLoadedGraph(path, options.dtype, model.config as unknown as ModelConfig, streaming.attention_sinks);
+  return new SinkStream(streaming, tokenizer);
 }
