@@ -88,6 +88,6 @@ describe("attention-sinks convert", () => {
     assert.match(usage.stderr, /expected SOURCE OUT, got only-one/);
     const dtype = await cli(["convert", "a", "b", "--dtype", "int4"]);
     assert.equal(dtype.code, 2);
-    assert.match(dtype.stderr, /--dtype must be one of fp32, fp16; got "int4"/);
+    assert.match(dtype.stderr, /--dtype must be one of fp32, fp16, q8, q4, q4f16; got "int4"/);
   });
 });

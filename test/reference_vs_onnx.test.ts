@@ -12,7 +12,8 @@ import * as ort from "onnxruntime-node";
 import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
 import { TINY_VARIANTS, tinyDecoderSpec } from "./support/fixtures/tiny_models.js";
 import { randomDecoderWeights } from "./support/fixtures/random_weights.js";
-import { buildDecoderOnnx } from "../src/onnx/decoder_export.js";
+import { buildDecoderOnnx, type OnnxExportOptions } from "../src/onnx/decoder_export.js";
+import { quantizedWeights } from "./support/reference/quantized_weights.js";
 import { StreamingReference } from "./support/reference/streaming_reference.js";
 
 const TOLERANCE = 1e-4;
@@ -97,18 +98,30 @@ const extraSpecs: Record<string, DecoderSpec> = {
   },
 };
 
-const cases: [string, DecoderSpec][] = [
-  ...TINY_VARIANTS.map((variant): [string, DecoderSpec] => [variant, tinyDecoderSpec(variant)]),
-  ...Object.entries(extraSpecs),
+const qwen2Windowed: DecoderSpec = { ...llama, num_kv_heads: 4, qkv_bias: true, sliding_window: { size: 4, layers: [0, 1] } };
+
+/** Sliding windows and biases in the other export styles, the windows passed as above. */
+const styledSpecs: [string, DecoderSpec, OnnxExportOptions][] = [
+  ["qwen2 as MultiHeadAttention: the sliding mask bias on every layer, fused norms", qwen2Windowed, { attention: "MultiHeadAttention", fused_norms: true }],
+  ["gemma2 as MultiHeadAttention: a sliding layer beside a full one", { ...llama, num_kv_heads: 4, mlp: "geglu", sliding_window: { size: 6, layers: [0] } }, { attention: "MultiHeadAttention" }],
+  ["qwen2 q4: sliding window 4, q/k/v biases after MatMulNBits, fused norms", qwen2Windowed, { dtype: "q4", fused_norms: true }],
+];
+
+const cases: [string, DecoderSpec, OnnxExportOptions][] = [
+  ...TINY_VARIANTS.map((variant): [string, DecoderSpec, OnnxExportOptions] => [variant, tinyDecoderSpec(variant), {}]),
+  ...Object.entries(extraSpecs).map(([name, spec]): [string, DecoderSpec, OnnxExportOptions] => [name, spec, {}]),
+  ...styledSpecs,
 ];
 
 describe("reference forward vs the ONNX graph (full cache)", () => {
-  for (const [name, spec] of cases) {
+  for (const [name, spec, options] of cases) {
     it(`${name}: logits agree within ${TOLERANCE} over chunked decoding`, async () => {
       const weights = randomDecoderWeights(spec, 3);
-      const session = await ort.InferenceSession.create(buildDecoderOnnx(spec, weights));
+      const session = await ort.InferenceSession.create(buildDecoderOnnx(spec, weights, options));
       const tokens = Array.from({ length: 15 }, (_, i) => (i * 37 + 11) % spec.vocab_size);
-      const expected = referenceLogits(spec, new StreamingReference(spec, weights, { sink_size: 0, window_size: null }), tokens);
+      // A quantized graph computes with its rounded weights: so does the reference.
+      const computed = options.dtype === "q4" ? quantizedWeights(weights, "q4") : weights;
+      const expected = referenceLogits(spec, new StreamingReference(spec, computed, { sink_size: 0, window_size: null }), tokens);
       const actual = await onnxLogits(spec, session, tokens);
       assert.equal(expected.length, tokens.length, "one row of reference logits per token");
       assert.equal(actual.length, expected.length);

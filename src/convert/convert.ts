@@ -1,13 +1,16 @@
 /**
  * Converting a checkpoint (Hugging Face directory, llama2.c file or GGUF file) into a directory that
  * transformers.js loads offline: config.json, generation_config.json, tokenizer.json, tokenizer_config.json
- * and onnx/model.onnx (plus onnx/model_fp16.onnx for fp16); or into a GGUF version 3 file llama.cpp loads.
+ * and onnx/model.onnx, plus the file transformers.js loads for another dtype (`model_fp16.onnx`,
+ * `model_quantized.onnx` for q8, `model_q4.onnx`, `model_q4f16.onnx`); or into a GGUF version 3 file llama.cpp
+ * loads.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import { weightShapes } from "../architecture/decoder_spec.js";
 import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
+import { floatDtype, type WeightDtype } from "../onnx/weight_storage.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { ensureParentDirectory } from "../platform/output_paths.js";
 import { ConversionError } from "./errors.js";
@@ -18,11 +21,22 @@ import { writeLlamaGguf } from "./gguf_llama.js";
 export interface ConvertOptions {
   /** The llama2.c tokenizer file; by default the one `tokenizer.bin` / `tok*.bin` beside the checkpoint. */
   tokenizer?: string;
-  /** `fp16` writes onnx/model_fp16.onnx (half-size weights) besides onnx/model.onnx. Default fp32. */
-  dtype?: "fp32" | "fp16";
+  /** Also write the file transformers.js loads for this dtype besides onnx/model.onnx. Default fp32. */
+  dtype?: ConvertDtype;
   /** Called after each weight is read, with the weights done so far and the total. */
   onProgress?: (done: number, total: number) => void;
 }
+
+export type ConvertDtype = WeightDtype;
+
+/** The file transformers.js's `from_pretrained(dir, { dtype })` looks for, per dtype. */
+export const MODEL_FILES: Readonly<Record<ConvertDtype, string>> = {
+  fp32: "model.onnx",
+  fp16: "model_fp16.onnx",
+  q8: "model_quantized.onnx",
+  q4: "model_q4.onnx",
+  q4f16: "model_q4f16.onnx",
+};
 
 /**
  * Converts `source` into the transformers.js model directory `outDir`, which must not exist yet (or be
@@ -92,24 +106,9 @@ export async function writeModelDirectory(
     for (const [name, text] of checkpoint.files) writeFileSync(join(staging, name), text);
     checkStagedFiles(checkpoint, staging);
     mkdirSync(join(staging, "onnx"));
-    const exports: ["fp32" | "fp16", string][] = [["fp32", "model.onnx"]];
-    if (options.dtype === "fp16") exports.push(["fp16", "model_fp16.onnx"]);
-    const total = weightShapes(checkpoint.spec).size * exports.length;
-    let done = 0;
-    const weights: WeightSource = {
-      load(name) {
-        const entry = checkpoint.tensors.get(name);
-        if (!entry) throw new ConversionError(checkpoint.source, `the weight ${name} is missing`);
-        const tensor = entry.load();
-        const described = entry.stored_name === undefined ? name : `${name} (${entry.stored_name} in the file)`;
-        checkWeightValues(checkpoint.source, described, tensor.data, options.dtype ?? "fp32");
-        options.onProgress?.(++done, total);
-        return tensor;
-      },
-    };
-    for (const [dtype, file] of exports) {
-      await writeDecoderOnnx(checkpoint.spec, weights, join(staging, "onnx", file), { dtype });
-    }
+    const dtypes: ConvertDtype[] = ["fp32"];
+    if (options.dtype !== undefined && options.dtype !== "fp32") dtypes.push(options.dtype);
+    await writeExports(checkpoint, staging, dtypes, options.onProgress);
     try {
       if (existsSync(target)) rmdirSync(target);
       renameSync(staging, target);
@@ -123,6 +122,33 @@ export async function writeModelDirectory(
   } catch (error) {
     rmSync(staging, { recursive: true, force: true });
     throw error;
+  }
+}
+
+/**
+ * Adds the file of `dtype` to a model directory this converter wrote from `checkpoint` (a conversion cached
+ * for another dtype); the file appears atomically.
+ */
+export async function addModelExport(checkpoint: Checkpoint, dir: string, dtype: ConvertDtype): Promise<void> {
+  await writeExports(checkpoint, dir, [dtype]);
+}
+
+async function writeExports(checkpoint: Checkpoint, dir: string, dtypes: readonly ConvertDtype[], onProgress?: ConvertOptions["onProgress"]): Promise<void> {
+  const total = weightShapes(checkpoint.spec).size * dtypes.length;
+  let done = 0;
+  for (const dtype of dtypes) {
+    const weights: WeightSource = {
+      load(name) {
+        const entry = checkpoint.tensors.get(name);
+        if (!entry) throw new ConversionError(checkpoint.source, `the weight ${name} is missing`);
+        const tensor = entry.load();
+        const described = entry.stored_name === undefined ? name : `${name} (${entry.stored_name} in the file)`;
+        checkWeightValues(checkpoint.source, described, tensor.data, dtype);
+        onProgress?.(++done, total);
+        return tensor;
+      },
+    };
+    await writeDecoderOnnx(checkpoint.spec, weights, join(dir, "onnx", MODEL_FILES[dtype]), { dtype });
   }
 }
 
@@ -158,7 +184,7 @@ const FLOAT16_OVERFLOW = 65520;
  * as endless `<unk>`), or, for an fp16 export, a value float16 cannot hold. One pass over data the converter
  * holds anyway.
  */
-function checkWeightValues(source: string, weight: string, data: Float32Array, dtype: "fp32" | "fp16"): void {
+function checkWeightValues(source: string, weight: string, data: Float32Array, dtype: ConvertDtype): void {
   let largest = 0;
   let largestAt = 0;
   for (let i = 0; i < data.length; i++) {
@@ -178,11 +204,11 @@ function checkWeightValues(source: string, weight: string, data: Float32Array, d
       largestAt = i;
     }
   }
-  if (dtype === "fp16" && largest >= FLOAT16_OVERFLOW) {
+  if (floatDtype(dtype) === "fp16" && largest >= FLOAT16_OVERFLOW) {
     throw new ConversionError(
       source,
       `the weight ${weight} holds ${data[largestAt]} at index ${largestAt}, beyond float16's largest value 65504: ` +
-        "an fp16 export would store it as Infinity; convert with dtype fp32 (the default)",
+        `an ${dtype} export would store it as Infinity; convert with dtype fp32 (the default), q8 or q4`,
     );
   }
 }

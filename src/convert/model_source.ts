@@ -9,7 +9,7 @@ import { homedir } from "node:os";
 import { basename, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkDirectory } from "../platform/output_paths.js";
-import { writeGgufFile, writeModelDirectory } from "./convert.js";
+import { addModelExport, MODEL_FILES, writeGgufFile, writeModelDirectory, type ConvertDtype } from "./convert.js";
 import { hasCheckpointSuffix, openCheckpoint } from "./formats.js";
 import { checkModelFiles } from "./model_directory.js";
 import { ConversionError, ModelNotFoundError } from "./errors.js";
@@ -21,6 +21,11 @@ export interface ResolveModelSourceOptions {
   tokenizer?: string;
   /** Called before a checkpoint is converted (its first use), with where the conversion goes. */
   onConvert?: (source: string, target: string) => void;
+  /**
+   * The dtype the model will be loaded with (transformers.js's `dtype`): a checkpoint's conversion then holds
+   * that file too, added to an earlier conversion if needed. Default: model.onnx only.
+   */
+  dtype?: string;
 }
 
 /** Where converted checkpoints are kept: `$ATTENTION_SINKS_CACHE`, else ~/.cache/attention-sinks/converted. */
@@ -66,15 +71,22 @@ export async function resolveModelSource(nameOrPath: string, options: ResolveMod
     checkModelFiles(nameOrPath);
     return resolve(nameOrPath);
   }
+  const dtype = convertibleDtype(nameOrPath, options.dtype);
   const checkpoint = openCheckpoint(nameOrPath, options.tokenizer);
   try {
     const cacheDir = options.cacheDir ?? DEFAULT_CONVERSION_CACHE;
     const target = resolve(cacheDir, await contentKey(checkpoint.inputs));
-    if (isTransformersJsDirectory(target)) return target;
+    if (isTransformersJsDirectory(target)) {
+      if (!existsSync(join(target, "onnx", MODEL_FILES[dtype]))) {
+        options.onConvert?.(nameOrPath, join(target, "onnx", MODEL_FILES[dtype]));
+        await addModelExport(checkpoint, target, dtype);
+      }
+      return target;
+    }
     checkDirectory(cacheDir, "the conversion cache (set by ATTENTION_SINKS_CACHE)");
     options.onConvert?.(nameOrPath, target);
     try {
-      await writeModelDirectory(checkpoint, target);
+      await writeModelDirectory(checkpoint, target, { dtype });
     } catch (error) {
       // Another process converting the same checkpoint may have finished first; its result is as good.
       if (!isTransformersJsDirectory(target)) throw error;
@@ -125,6 +137,16 @@ function llamaCppReadsGguf(path: string): boolean {
   }
   const version = header.readUInt32LE(4);
   return header.toString("latin1", 0, 4) === "GGUF" && (version === 2 || version === 3);
+}
+
+/** The converter's dtype for the one transformers.js is asked to load ("auto" and none: model.onnx). */
+function convertibleDtype(source: string, dtype: string | undefined): ConvertDtype {
+  if (dtype === undefined || dtype === "auto") return "fp32";
+  if (Object.hasOwn(MODEL_FILES, dtype)) return dtype as ConvertDtype;
+  throw new ConversionError(
+    source,
+    `is converted on first use, and the converter writes the dtypes ${Object.keys(MODEL_FILES).join(", ")}, not ${dtype}: ask for one of those`,
+  );
 }
 
 /** A directory transformers.js loads as is. The cache only ever holds complete ones (they are renamed in). */

@@ -6,11 +6,11 @@
 import { basename } from "node:path";
 import { rm } from "node:fs/promises";
 import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { decoderGraph, type GraphDtypes } from "./decoder_graph.js";
+import { decoderGraph, type AttentionOps, type GraphStyle } from "./decoder_graph.js";
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
-import { bytesPerElement, checkWeightShape, elementCount, encodeStoredWeight, storedByteLength, type StoredWeight } from "./weight_storage.js";
+import { checkWeightShape, encodeStoredWeight, storedByteLength, type StoredWeight, type WeightDtype } from "./weight_storage.js";
 
 /** Supplies weights by name (see `weightShapes`); the builder loads each weight exactly once. */
 export interface WeightSource {
@@ -18,12 +18,28 @@ export interface WeightSource {
 }
 
 export interface OnnxExportOptions {
-  /** How weights are stored. Inputs, outputs and activations are float32 either way. Default fp32. */
-  dtype?: "fp32" | "fp16";
+  /**
+   * How weights are stored: float32, float16, or linear layers quantized as transformers.js's `q8`
+   * (MatMulInteger on dynamically quantized inputs), `q4` and `q4f16` (MatMulNBits; float16 elsewhere) files
+   * hold them. Activations are float32 throughout except where a quantized op needs otherwise. Default fp32.
+   */
+  dtype?: WeightDtype;
   /** The type of `past_key_values.*` and `present.*` (as fp16 ONNX exports keep their cache). Default fp32. */
   kv_dtype?: "fp32" | "fp16";
   /** The type of `logits` (fp16 exports return float16 logits for every position). Default fp32. */
   logits_dtype?: "fp32" | "fp16";
+  /** Whether a RoPE graph takes `position_ids` (otherwise positions are cache slots). Default true. */
+  position_ids?: boolean;
+  /** Whether the graph takes `num_logits_to_keep`, as Optimum's exports do. Default false. */
+  num_logits_to_keep?: boolean;
+  /** A merged decoder that takes `use_cache_branch` (false: the past is ignored), as Optimum merges them. Default false. */
+  use_cache_branch?: boolean;
+  /** Attention from standard ops (default) or from onnxruntime's contrib ops as onnxruntime-genai emits them. */
+  attention?: AttentionOps;
+  /** Residual adds fused into Skip*LayerNormalization, as onnxruntime-genai emits them. Default false. */
+  fused_norms?: boolean;
+  /** Contrib attention: the rows of the baked cos/sin tables (max_position_embeddings). Default 4096. */
+  rotary_table_length?: number;
   /**
    * `writeDecoderOnnx` only: when the stored weights exceed this many bytes they go to an external data file
    * `<path>_data` next to the model, because one protobuf message cannot exceed 2 GiB. Default 1.9e9.
@@ -32,6 +48,7 @@ export interface OnnxExportOptions {
 }
 
 const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.9e9;
+const DEFAULT_ROTARY_TABLE_LENGTH = 4096;
 const PROTOBUF_MAX_BYTES = 2 ** 31 - 1;
 
 /** Builds the whole model in memory (weights inline); for models over 2 GiB use `writeDecoderOnnx`. */
@@ -42,7 +59,7 @@ export function buildDecoderOnnx(
 ): Uint8Array {
   validateDecoderSpec(spec);
   for (const [name, shape] of weightShapes(spec)) checkWeightShape(name, shape, weights.get(name));
-  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphStyle(options), inlineWeight));
   const model = new Uint8Array(protobufSize(chunks, "use writeDecoderOnnx, which stores weights externally"));
   let offset = 0;
   for (const chunk of chunks) {
@@ -66,9 +83,11 @@ export async function writeDecoderOnnx(
   options: OnnxExportOptions = {},
 ): Promise<void> {
   validateDecoderSpec(spec);
-  const dtype = options.dtype ?? "fp32";
   let weightBytes = 0;
-  for (const shape of weightShapes(spec).values()) weightBytes += elementCount(shape) * bytesPerElement(dtype);
+  decoderGraph(spec, graphStyle(options), (weight) => {
+    weightBytes += storedByteLength(weight);
+    return inlineWeight(weight);
+  });
   const external = weightBytes > (options.external_data_threshold_bytes ?? DEFAULT_EXTERNAL_DATA_THRESHOLD);
 
   const dataPath = `${path}_data`;
@@ -80,13 +99,18 @@ export async function writeDecoderOnnx(
     externalOrder.push(weight);
     return range;
   };
-  const chunks = encodeModel(decoderGraph(spec, graphDtypes(options), external ? placeExternally : inlineWeight));
+  const chunks = encodeModel(decoderGraph(spec, graphStyle(options), external ? placeExternally : inlineWeight));
   protobufSize(chunks, "lower external_data_threshold_bytes");
 
+  // A quantized weight's parts are stored one after another: the last weight loaded serves them all.
+  let last: { name: string; tensor: WeightTensor } | undefined;
   const loadStored = async (weight: StoredWeight): Promise<Uint8Array> => {
-    const tensor = await weights.load(weight.name);
-    checkWeightShape(weight.name, weight.shape, tensor);
-    return encodeStoredWeight(weight, tensor);
+    if (last?.name !== weight.name) {
+      const tensor = await weights.load(weight.name);
+      checkWeightShape(weight.name, weight.shape, tensor);
+      last = { name: weight.name, tensor };
+    }
+    return encodeStoredWeight(weight, last.tensor);
   };
   const modelFile: FileContent = {
     path,
@@ -111,8 +135,18 @@ export async function writeDecoderOnnx(
   await writeFilesAtomically([dataFile, modelFile]);
 }
 
-function graphDtypes(options: OnnxExportOptions): GraphDtypes {
-  return { weights: options.dtype ?? "fp32", kv: options.kv_dtype ?? "fp32", logits: options.logits_dtype ?? "fp32" };
+function graphStyle(options: OnnxExportOptions): GraphStyle {
+  return {
+    weights: options.dtype ?? "fp32",
+    kv: options.kv_dtype ?? "fp32",
+    logits: options.logits_dtype ?? "fp32",
+    position_ids: options.position_ids ?? true,
+    num_logits_to_keep: options.num_logits_to_keep ?? false,
+    use_cache_branch: options.use_cache_branch ?? false,
+    attention: options.attention ?? "standard",
+    fused_norms: options.fused_norms ?? false,
+    rotary_table_length: options.rotary_table_length ?? DEFAULT_ROTARY_TABLE_LENGTH,
+  };
 }
 
 function inlineWeight(weight: StoredWeight): Deferred<StoredWeight> {

@@ -2,14 +2,17 @@
  * Builds an ONNX decoder that follows the transformers.js decoder contract from a DecoderSpec and its weights.
  *
  * Inputs: `input_ids` and `position_ids` [batch_size, sequence_length] (position_ids only for RoPE and learned
- * positions), `attention_mask` [batch_size, total_sequence_length], and per layer `past_key_values.{i}.key|value`
- * [batch_size, num_kv_heads, past_sequence_length, head_dim]. Outputs: `logits` and per layer
+ * positions, and RoPE graphs may go without), `attention_mask` [batch_size, total_sequence_length], and per layer
+ * `past_key_values.{i}.key|value` [batch_size, num_kv_heads, past_sequence_length, head_dim]; optionally, as
+ * Optimum exports have them, the int64 scalar `num_logits_to_keep` (0: every position) and the bool
+ * `use_cache_branch` of a merged decoder (false: the past is ignored). Outputs: `logits` and per layer
  * `present.{i}.key|value` = Concat(past, new) along the sequence axis, keys stored after RoPE.
  *
  * With P cached slots and n new tokens, new token k sits at slot P + k and attends to slot j iff j <= P + k and
  * attention_mask[b, j] == 1. RoPE and learned positions come only from `position_ids`, never from slot indices
- * (RoPE angles are computed at run time, so positions past the trained length work): that is what lets an
- * attention-sink cache evict keys and re-position the rest. ALiBi distances come from slot indices
+ * (RoPE angles are computed at run time, so positions past the trained length work), or, in a RoPE graph
+ * without `position_ids`, from the new tokens' slot indices: that is what lets an attention-sink cache evict
+ * keys and re-position the rest. ALiBi distances come from slot indices
  * (`key_index`) or from counting attended slots in the mask (`mask_cumsum`).
  */
 import { mlpHasBias, weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
@@ -18,13 +21,26 @@ import { alibiSlopes } from "../positions/alibi.js";
 import { GraphBuilder } from "./graph_builder.js";
 import { DataType, type AttributeDef, type ExternalRange, type GraphDef, type ValueInfoDef } from "./onnx_model.js";
 import type { Deferred } from "./protobuf.js";
-import { storedDims, type StoredWeight, type WeightDtype } from "./weight_storage.js";
+import { floatDtype, Q4_BLOCK_SIZE, storedDims, type StoredWeight, type WeightDtype, type WeightEncoding } from "./weight_storage.js";
+
+/** The ONNX element type of each weight encoding. */
+const ENCODED_TYPE: Record<WeightEncoding, DataType> = {
+  fp32: DataType.FLOAT,
+  fp16: DataType.FLOAT16,
+  int8: DataType.INT8,
+  int8_scale: DataType.FLOAT,
+  q4_blocks: DataType.UINT8,
+  q4_scales: DataType.FLOAT,
+  q4_scales_fp16: DataType.FLOAT16,
+};
 
 /**
  * Added to the scores of slots a query may not see. Finite on purpose: a query whose slots are all masked
  * (a left-padding position) then gets an arbitrary but finite output instead of NaN.
  */
 const MASKED_SCORE = -1e9;
+/** The most negative finite float16. */
+const FLOAT16_LOWEST = -65504;
 
 const intAttribute = (name: string, value: number): AttributeDef => ({ name, kind: "int", value });
 const intsAttribute = (name: string, value: readonly number[]): AttributeDef => ({ name, kind: "ints", value });
@@ -65,16 +81,34 @@ interface RotaryTables {
   rotaryDim: number;
 }
 
-/** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
-/** The element types of a graph's weights, KV cache and logits (fp16 exports keep the last two in float16). */
-export interface GraphDtypes {
+/** How an exporter shaped the graph: element types and the optional inputs it declares. */
+export interface GraphStyle {
+  /** The element types of weights, KV cache and logits (fp16 exports keep the last two in float16). */
   weights: WeightDtype;
   kv: WeightDtype;
   logits: WeightDtype;
+  /** Whether RoPE graphs take `position_ids` (learned positions always do, ALiBi never). */
+  position_ids: boolean;
+  num_logits_to_keep: boolean;
+  use_cache_branch: boolean;
+  /**
+   * How attention is written: standard ONNX ops (as Optimum exports it), or onnxruntime's fused contrib ops as
+   * onnxruntime-genai's model builder emits them: `RotaryEmbedding` on position_ids + `MultiHeadAttention`
+   * with an additive mask bias, or `GroupQueryAttention` (rotary inside, positions from `seqlens_k`; a
+   * `position_ids` input, if declared, goes unused, as in some genai exports).
+   */
+  attention: AttentionOps;
+  /** Residual adds fused into the next norm (`SkipSimplifiedLayerNormalization`, `SkipLayerNormalization`). */
+  fused_norms: boolean;
+  /** Rows of the cos/sin tables the contrib attention ops read (the positions the graph can address). */
+  rotary_table_length: number;
 }
 
-export function decoderGraph(spec: DecoderSpec, dtypes: GraphDtypes, place: WeightPlacement): GraphDef<StoredWeight> {
-  return new DecoderGraph(spec, dtypes.weights, dtypes.kv, dtypes.logits, place).build();
+export type AttentionOps = "standard" | "MultiHeadAttention" | "GroupQueryAttention";
+
+/** The decoder graph of a validated spec; where each weight's bytes go is `place`'s decision. */
+export function decoderGraph(spec: DecoderSpec, style: GraphStyle, place: WeightPlacement): GraphDef<StoredWeight> {
+  return new DecoderGraph(spec, style, place).build();
 }
 
 class DecoderGraph {
@@ -83,14 +117,40 @@ class DecoderGraph {
   /** Graph value of each stored weight, so a weight used twice is stored (and loaded) once. */
   private readonly weightValues = new Map<string, string>();
 
+  private readonly dtype: WeightDtype;
+  private readonly kvDtype: WeightDtype;
+  private readonly logitsDtype: WeightDtype;
+  /** Where RoPE and learned positions come from: the `position_ids` input, or the new tokens' slots. */
+  private positionIds = "position_ids";
+  /** Built on first use and shared by every layer. */
+  private rotary?: { cos: string; sin: string };
+  private readonly halfBiases = new Map<string, string>();
+  private readonly quantizedInputs = new Map<string, { codes: string; scale: string; zeroPoint: string }>();
+  private gqaLengths?: { seqlens_k: string; total: string };
+
   constructor(
     private readonly spec: DecoderSpec,
-    private readonly dtype: WeightDtype,
-    private readonly kvDtype: WeightDtype,
-    private readonly logitsDtype: WeightDtype,
+    private readonly style: GraphStyle,
     private readonly place: WeightPlacement,
   ) {
     this.shapes = weightShapes(spec);
+    this.dtype = style.weights;
+    this.kvDtype = style.kv;
+    this.logitsDtype = style.logits;
+    if (spec.positions.kind === "learned" && !style.position_ids) {
+      throw new Error("graph: learned positions are looked up by position_ids, so the graph must take them");
+    }
+    if (style.attention !== "standard") {
+      if (spec.positions.kind !== "rope") throw new Error(`graph: ${style.attention} graphs are built for RoPE models only`);
+      if (style.attention === "MultiHeadAttention" && (spec.num_kv_heads !== spec.num_heads || !style.position_ids)) {
+        throw new Error("graph: MultiHeadAttention graphs need as many key/value heads as query heads, and position_ids");
+      }
+      // GroupQueryAttention reads no mask, so a sliding window would have to be its local_window_size, which
+      // counts differently from the mask bias the other graphs window with.
+      if (style.attention === "GroupQueryAttention" && spec.sliding_window) {
+        throw new Error("graph: GroupQueryAttention graphs cannot apply a sliding window; export this model with attention \"standard\" or \"MultiHeadAttention\"");
+      }
+    }
   }
 
   build(): GraphDef<StoredWeight> {
@@ -100,9 +160,12 @@ class DecoderGraph {
       { name: "input_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] },
       { name: "attention_mask", elemType: DataType.INT64, dims: ["batch_size", "total_sequence_length"] },
     ];
-    if (spec.positions.kind !== "alibi") {
+    const takesPositions = spec.positions.kind !== "alibi" && this.style.position_ids;
+    if (takesPositions) {
       inputs.push({ name: "position_ids", elemType: DataType.INT64, dims: ["batch_size", "sequence_length"] });
     }
+    if (this.style.num_logits_to_keep) inputs.push({ name: "num_logits_to_keep", elemType: DataType.INT64, dims: [] });
+    if (this.style.use_cache_branch) inputs.push({ name: "use_cache_branch", elemType: DataType.BOOL, dims: [1] });
     const outputs: ValueInfoDef[] = [
       {
         name: "logits",
@@ -120,6 +183,7 @@ class DecoderGraph {
       }
     }
 
+    const pasts = this.style.use_cache_branch ? this.cacheBranch() : (name: string) => name;
     const embedTokens = this.weight("model.embed_tokens.weight");
     let hidden = g.op("Gather", [embedTokens, "input_ids"], "model.embed_tokens.output", [intAttribute("axis", 0)]);
     const multiplier = spec.embedding_multiplier ?? 1;
@@ -131,18 +195,33 @@ class DecoderGraph {
       ]);
       hidden = g.op("Add", [hidden, positions], "model.embeddings");
     }
-    const attention = this.attentionInputs();
-    for (let i = 0; i < spec.num_layers; i++) hidden = this.layer(i, hidden, attention);
-    const normed = this.norm("model.norm", hidden);
-    const outputProjection = spec.tie_word_embeddings
-      ? g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])
-      : this.weight("lm_head.weight", true);
-    if (this.logitsDtype === "fp16") {
-      const logits = g.op("MatMul", [normed, outputProjection], "logits.float32");
-      g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
-    } else {
-      g.op("MatMul", [normed, outputProjection], "logits");
+    const attention = this.attentionInputs(takesPositions, pasts);
+    const block = spec.block ?? "sequential";
+    let residual = hidden;
+    let normed = this.norm("model.layers.0.input_layernorm", hidden);
+    for (let i = 0; i < spec.num_layers; i++) {
+      const prefix = `model.layers.${i}`;
+      const sliding = spec.sliding_window?.layers.includes(i) ?? false;
+      const attended = this.attention(i, normed, sliding ? attention.slidingBias! : attention.bias, attention.rotary, pasts);
+      let mlp: string;
+      if (block === "sequential") {
+        ({ normed, sum: residual } = this.addAndNorm(`${prefix}.post_attention_layernorm`, residual, attended));
+        mlp = this.mlp(prefix, normed);
+      } else {
+        // Parallel: the MLP reads the layer's input, not the attention's output.
+        mlp = this.mlp(prefix, block === "parallel" ? this.norm(`${prefix}.post_attention_layernorm`, residual) : normed);
+        residual = g.op("Add", [residual, attended], `${prefix}.attention_residual`);
+      }
+      const next = i + 1 < spec.num_layers ? `model.layers.${i + 1}.input_layernorm` : "model.norm";
+      ({ normed, sum: residual } = this.addAndNorm(next, residual, mlp));
     }
+    if (this.style.num_logits_to_keep) normed = this.lastPositions(normed, "num_logits_to_keep");
+    const logitsName = this.logitsDtype === "fp16" ? "logits.float32" : "logits";
+    // A tied head multiplies by the embedding table, which stays unquantized.
+    const logits = spec.tie_word_embeddings
+      ? g.op("MatMul", [normed, g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])], logitsName)
+      : this.linear(normed, "lm_head.weight", logitsName);
+    if (this.logitsDtype === "fp16") g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
     return { name: "decoder", nodes: g.nodes, initializers: g.initializers, inputs, outputs };
   }
 
@@ -151,20 +230,73 @@ class DecoderGraph {
     const storedName = transposed ? `${name}.T` : name;
     const known = this.weightValues.get(storedName);
     if (known !== undefined) return known;
-    const shape = this.shapes.get(name);
-    if (!shape) throw new Error(`internal: the graph uses ${name}, which weightShapes does not list`);
-    const stored: StoredWeight = { name, shape, transposed, dtype: this.dtype };
-    let value = this.g.initializer({
-      name: storedName,
-      dataType: this.dtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT,
-      dims: storedDims(stored),
-      data: this.place(stored),
-    });
-    if (this.dtype === "fp16") {
+    const encoding = floatDtype(this.dtype);
+    let value = this.stored(name, storedName, transposed, encoding);
+    if (encoding === "fp16") {
       value = this.g.op("Cast", [value], `${storedName}.float32`, [intAttribute("to", DataType.FLOAT)]);
     }
     this.weightValues.set(storedName, value);
     return value;
+  }
+
+  /** One initializer holding (a part of) a checkpoint weight. */
+  private stored(name: string, storedName: string, transposed: boolean, encoding: WeightEncoding): string {
+    const shape = this.shapes.get(name);
+    if (!shape) throw new Error(`internal: the graph uses ${name}, which weightShapes does not list`);
+    const stored: StoredWeight = { name, shape, transposed, encoding };
+    return this.g.initializer({ name: storedName, dataType: ENCODED_TYPE[encoding], dims: storedDims(stored), data: this.place(stored) });
+  }
+
+  /**
+   * x [.., in] times a checkpoint linear weight [out, in], as the dtype stores it: a float MatMul; q8 as
+   * onnxruntime's dynamic quantization writes it (x quantized per call by DynamicQuantizeLinear, an integer
+   * MatMul, both scales applied after); q4 and q4f16 as com.microsoft MatMulNBits (q4f16 in float16).
+   */
+  private linear(x: string, name: string, output: string): string {
+    const { g } = this;
+    const [outFeatures, inFeatures] = this.shapes.get(name)!;
+    switch (this.dtype) {
+      case "fp32":
+      case "fp16":
+        return g.op("MatMul", [x, this.weight(name, true)], output);
+      case "q8": {
+        const quantized = this.dynamicallyQuantized(x);
+        const codes = this.stored(name, `${name}.int8`, true, "int8");
+        const scale = this.stored(name, `${name}.scale`, false, "int8_scale");
+        const product = g.op("MatMulInteger", [quantized.codes, codes, quantized.zeroPoint, g.int8Zero()], `${output}.int32`);
+        const float = g.op("Cast", [product], `${output}.unscaled`, [intAttribute("to", DataType.FLOAT)]);
+        const scales = g.op("Mul", [quantized.scale, scale], `${output}.scale`);
+        return g.op("Mul", [float, scales], output);
+      }
+      case "q4":
+      case "q4f16": {
+        const half = this.dtype === "q4f16";
+        const blocks = this.stored(name, `${name}.q4`, false, "q4_blocks");
+        const scales = this.stored(name, `${name}.q4_scales`, false, half ? "q4_scales_fp16" : "q4_scales");
+        const input = half ? g.op("Cast", [x], `${output}.input.float16`, [intAttribute("to", DataType.FLOAT16)]) : x;
+        const attributes = [intAttribute("K", inFeatures), intAttribute("N", outFeatures), intAttribute("bits", 4), intAttribute("block_size", Q4_BLOCK_SIZE)];
+        if (!half) return g.contrib("MatMulNBits", [input, blocks, scales], [output], attributes)[0];
+        const product = g.contrib("MatMulNBits", [input, blocks, scales], [`${output}.matmul_nbits`], attributes)[0];
+        return g.op("Cast", [product], output, [intAttribute("to", DataType.FLOAT)]);
+      }
+    }
+  }
+
+  /** The linear layer `layer` (its `.weight`, and its `.bias` when it has one) applied to x. */
+  private projection(x: string, layer: string, output: string, hasBias: boolean): string {
+    const product = this.linear(x, `${layer}.weight`, output);
+    return hasBias ? this.g.op("Add", [product, this.weight(`${layer}.bias`)], `${output}.biased`) : product;
+  }
+
+  /** DynamicQuantizeLinear of a graph value, once per value (q, k and v share their input's). */
+  private dynamicallyQuantized(x: string): { codes: string; scale: string; zeroPoint: string } {
+    let quantized = this.quantizedInputs.get(x);
+    if (!quantized) {
+      quantized = { codes: `${x}.uint8`, scale: `${x}.uint8_scale`, zeroPoint: `${x}.uint8_zero_point` };
+      this.g.multiOutputOp("DynamicQuantizeLinear", [x], [quantized.codes, quantized.scale, quantized.zeroPoint], []);
+      this.quantizedInputs.set(x, quantized);
+    }
+    return quantized;
   }
 
   private unsqueeze(input: string, axes: readonly number[], output: string): string {
@@ -177,11 +309,48 @@ class DecoderGraph {
     return this.g.op("Gather", [shape, this.g.int64([axis], [])], output, [intAttribute("axis", 0)]);
   }
 
+  /** x [B, n, H] cut to its last `count` positions, all of them when `count` is 0 (Python's x[:, -0:]). */
+  private lastPositions(x: string, count: string): string {
+    const { g } = this;
+    const start = this.unsqueeze(g.op("Neg", [count], `${count}.negated`), [0], `${count}.start`);
+    return g.op("Slice", [x, start, g.int64([Number.MAX_SAFE_INTEGER]), g.int64([1])], `${x}.kept`);
+  }
+
+  /**
+   * A merged decoder's choice of past, as one If on `use_cache_branch`: the cache inputs as they are, or
+   * emptied (the first pass of Optimum's merged decoders ignores whatever past it is given).
+   */
+  private cacheBranch(): (past: string) => string {
+    const { g, spec } = this;
+    const names: string[] = [];
+    for (let i = 0; i < spec.num_layers; i++) names.push(`past_key_values.${i}.key`, `past_key_values.${i}.value`);
+    const kvType = this.kvDtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    // Branch constants live in the outer graph: a subgraph may read outer values but not redefine names.
+    const [zero, sequenceAxis] = [g.int64([0]), g.int64([2])];
+    const branch = (kind: "cached" | "empty"): GraphDef => {
+      const b = new GraphBuilder<never>();
+      const outputs = names.map((name) => {
+        const output = `${name}.${kind}`;
+        if (kind === "cached") b.op("Identity", [name], output);
+        else b.op("Slice", [name, zero, zero, sequenceAxis], output);
+        return { name: output, elemType: kvType, dims: ["batch_size", spec.num_kv_heads, "past_sequence_length", spec.head_dim] };
+      });
+      return { name: `use_cache_branch.${kind}`, nodes: b.nodes, initializers: [], inputs: [], outputs };
+    };
+    const condition = g.op("Squeeze", ["use_cache_branch", zero], "use_cache_branch.scalar");
+    const chosen = names.map((name) => `${name}.chosen`);
+    g.multiOutputOp("If", [condition], chosen, [
+      { name: "then_branch", kind: "graph", value: branch("cached") },
+      { name: "else_branch", kind: "graph", value: branch("empty") },
+    ]);
+    return (past) => `${past}.chosen`;
+  }
+
   /** The causal + padding mask bias, ALiBi bias and RoPE tables, computed once per forward. */
-  private attentionInputs(): AttentionInputs {
+  private attentionInputs(takesPositions: boolean, pasts: (past: string) => string): AttentionInputs {
     const { g, spec } = this;
     const one = g.int64([1], []);
-    const pastLength = this.dimension("past_key_values.0.key", 2, "attention.past_length");
+    const pastLength = this.dimension(pasts("past_key_values.0.key"), 2, "attention.past_length");
     const newLength = this.dimension("input_ids", 1, "attention.new_length");
     const totalLength = this.dimension("attention_mask", 1, "attention.total_length");
     const keySlots = g.op("Range", [g.int64([0], []), totalLength, one], "attention.key_slots");
@@ -214,7 +383,9 @@ class DecoderGraph {
       bias = g.op("Add", [alibi, bias], "attention.bias");
       if (slidingBias) slidingBias = g.op("Add", [alibi, slidingBias], "attention.sliding_bias");
     }
-    return { bias, slidingBias, rotary: positions.kind === "rope" ? this.rotaryTables(positions.rope) : undefined };
+    if (!takesPositions) this.positionIds = this.unsqueeze(slots.querySlots, [0], "attention.query_slots.positions"); // [1, n]
+    const standardRope = positions.kind === "rope" && this.style.attention === "standard";
+    return { bias, slidingBias, rotary: standardRope ? this.rotaryTables(positions.rope) : undefined };
   }
 
   /** -slope_h * (pos(query) - pos(key)), broadcastable to [B, H, n, T]. */
@@ -251,8 +422,8 @@ class DecoderGraph {
     const { g } = this;
     const half = rope.rotary_dim / 2;
     const inverseFrequencies = g.float32(ropeInverseFrequencies(rope), [half], "rope.inv_freq");
-    const positions = g.op("Cast", ["position_ids"], "rope.positions", [intAttribute("to", DataType.FLOAT)]);
-    const positionColumn = this.unsqueeze(positions, [2], "rope.positions.column"); // [B, n, 1]
+    const positions = g.op("Cast", [this.positionIds], "rope.positions", [intAttribute("to", DataType.FLOAT)]);
+    const positionColumn = this.unsqueeze(positions, [2], "rope.positions.column"); // [B or 1, n, 1]
     const angles = g.op("Mul", [positionColumn, inverseFrequencies], "rope.angles"); // [B, n, rotary_dim / 2]
     let cos = g.op("Cos", [angles], "rope.cos");
     let sin = g.op("Sin", [angles], "rope.sin");
@@ -311,31 +482,13 @@ class DecoderGraph {
     return g.op("Concat", [rotated, passing], `${x}.with_rope`, [intAttribute("axis", 3)]);
   }
 
-  private layer(index: number, x: string, attention: AttentionInputs): string {
-    const { g, spec } = this;
-    const prefix = `model.layers.${index}`;
-    const sliding = spec.sliding_window?.layers.includes(index) ?? false;
-    const bias = sliding ? attention.slidingBias! : attention.bias;
-    const normed = this.norm(`${prefix}.input_layernorm`, x);
-    const attended = this.attention(index, normed, bias, attention.rotary);
-    const h = g.op("Add", [x, attended], `${prefix}.attention_residual`);
-    const block = spec.block ?? "sequential";
-    if (block === "sequential") {
-      const mlp = this.mlp(prefix, this.norm(`${prefix}.post_attention_layernorm`, h));
-      return g.op("Add", [h, mlp], `${prefix}.output`);
-    }
-    // Parallel: the MLP reads the layer's input, not the attention's output.
-    const mlpInput = block === "parallel" ? this.norm(`${prefix}.post_attention_layernorm`, x) : normed;
-    return g.op("Add", [h, this.mlp(prefix, mlpInput)], `${prefix}.output`);
-  }
-
-  private attention(index: number, x: string, bias: string, rotary: RotaryTables | undefined): string {
+  private attention(index: number, x: string, bias: string, rotary: RotaryTables | undefined, pasts: (past: string) => string): string {
+    if (this.style.attention !== "standard") return this.contribAttention(index, x, bias, pasts);
     const { g, spec } = this;
     const { num_heads: heads, num_kv_heads: kvHeads, head_dim: headDim } = spec;
     const prefix = `model.layers.${index}.self_attn`;
     const project = (name: "q" | "k" | "v", count: number) => {
-      let flat = g.op("MatMul", [x, this.weight(`${prefix}.${name}_proj.weight`, true)], `${prefix}.${name}`);
-      if (spec.qkv_bias) flat = g.op("Add", [flat, this.weight(`${prefix}.${name}_proj.bias`)], `${prefix}.${name}.biased`);
+      const flat = this.projection(x, `${prefix}.${name}_proj`, `${prefix}.${name}`, spec.qkv_bias === true);
       const split = g.op("Reshape", [flat, g.int64([0, 0, count, headDim])], `${prefix}.${name}.heads`);
       return g.op("Transpose", [split], `${prefix}.${name}.by_head`, [intsAttribute("perm", [0, 2, 1, 3])]);
     };
@@ -349,7 +502,7 @@ class DecoderGraph {
     const axis2 = [intAttribute("axis", 2)];
     // present = past + new in the cache's type; attention itself always runs in float32.
     const cached = (kind: "key" | "value", fresh: string) => {
-      const past = `past_key_values.${index}.${kind}`;
+      const past = pasts(`past_key_values.${index}.${kind}`);
       const present = `present.${index}.${kind}`;
       if (this.kvDtype === "fp32") return g.op("Concat", [past, fresh], present, axis2);
       const half = g.op("Cast", [fresh], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
@@ -378,8 +531,124 @@ class DecoderGraph {
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);
-    const output = g.op("MatMul", [merged, this.weight(`${prefix}.o_proj.weight`, true)], `${prefix}.output`);
-    return spec.dense_bias ? g.op("Add", [output, this.weight(`${prefix}.o_proj.bias`)], `${prefix}.output.biased`) : output;
+    return this.projection(merged, `${prefix}.o_proj`, `${prefix}.output`, spec.dense_bias === true);
+  }
+
+  /** residual + delta, and its norm: two ops, or one Skip*LayerNormalization in fused graphs. */
+  private addAndNorm(prefix: string, residual: string, delta: string): { normed: string; sum: string } {
+    const { g, spec } = this;
+    if (!this.style.fused_norms) {
+      const sum = g.op("Add", [residual, delta], `${prefix}.input`);
+      return { normed: this.norm(prefix, sum), sum };
+    }
+    const normed = `${prefix}.output`;
+    const sum = `${prefix}.input`;
+    const [opType, weights] =
+      spec.norm === "rms"
+        ? ["SkipSimplifiedLayerNormalization", [this.weight(`${prefix}.weight`)]]
+        : ["SkipLayerNormalization", [this.weight(`${prefix}.weight`), this.weight(`${prefix}.bias`)]];
+    // Outputs: normed, mean, inverse std (unused), and the residual sum the next block adds to.
+    g.contrib(opType, [delta, residual, ...weights], [normed, "", "", sum], [floatAttribute("epsilon", spec.norm_eps)]);
+    return { normed, sum };
+  }
+
+  /** The cos and sin tables of the contrib ops, [rotary_table_length, rotary_dim / 2], in the cache's type. */
+  private rotaryCaches(rope: RopeSpec): { cos: string; sin: string } {
+    const { g } = this;
+    const half = rope.rotary_dim / 2;
+    const rows = this.style.rotary_table_length;
+    const inverseFrequencies = ropeInverseFrequencies(rope);
+    const factor = ropeAttentionFactor(rope);
+    const cos = new Float32Array(rows * half);
+    const sin = new Float32Array(rows * half);
+    for (let p = 0; p < rows; p++) {
+      for (let i = 0; i < half; i++) {
+        // The angle rounds to float32 as the standard graph's Mul does.
+        const angle = Math.fround(p * inverseFrequencies[i]);
+        cos[p * half + i] = Math.cos(angle) * factor;
+        sin[p * half + i] = Math.sin(angle) * factor;
+      }
+    }
+    const table = (values: Float32Array, name: string) =>
+      this.kvDtype === "fp16" ? g.float16(values, [rows, half], name) : g.float32(values, [rows, half], name);
+    return { cos: table(cos, "cos_cache"), sin: table(sin, "sin_cache") };
+  }
+
+  /**
+   * Attention from onnxruntime's contrib ops, in the cache's type (float16 caches make the op run in float16,
+   * as genai's fp16 models do): projections, RoPE, attention with the past, output projection.
+   */
+  private contribAttention(index: number, x: string, bias: string, pasts: (past: string) => string): string {
+    const { g, spec } = this;
+    const prefix = `model.layers.${index}.self_attn`;
+    const rope = (spec.positions as { kind: "rope"; rope: RopeSpec }).rope;
+    const caches = (this.rotary ??= this.rotaryCaches(rope));
+    const half = this.kvDtype === "fp16";
+    const toCacheType = (value: string) => (half ? g.op("Cast", [value], `${value}.float16`, [intAttribute("to", DataType.FLOAT16)]) : value);
+    const project = (name: "q" | "k" | "v") =>
+      toCacheType(this.projection(x, `${prefix}.${name}_proj`, `${prefix}.${name}`, spec.qkv_bias === true));
+    let [queries, keys] = [project("q"), project("k")];
+    const values = project("v");
+    const past = (kind: "key" | "value") => pasts(`past_key_values.${index}.${kind}`);
+    const present = (kind: "key" | "value") => `present.${index}.${kind}`;
+    const context = `${prefix}.context`;
+    const interleaved = intAttribute("interleaved", rope.layout === "interleaved" ? 1 : 0);
+    if (this.style.attention === "MultiHeadAttention") {
+      const rotate = (value: string) =>
+        g.contrib("RotaryEmbedding", [value, "position_ids", caches.cos, caches.sin], [`${value}.rotated`], [
+          interleaved,
+          intAttribute("num_heads", spec.num_heads),
+          intAttribute("rotary_embedding_dim", rope.rotary_dim),
+        ])[0];
+      [queries, keys] = [rotate(queries), rotate(keys)];
+      g.contrib("MultiHeadAttention", [queries, keys, values, "", "", half ? this.float16Bias(bias) : bias, past("key"), past("value")], [context, present("key"), present("value")], [
+        intAttribute("num_heads", spec.num_heads),
+      ]);
+    } else {
+      g.contrib(
+        "GroupQueryAttention",
+        [queries, keys, values, past("key"), past("value"), this.sequenceLengths.seqlens_k, this.sequenceLengths.total, caches.cos, caches.sin],
+        [context, present("key"), present("value")],
+        [
+          intAttribute("num_heads", spec.num_heads),
+          intAttribute("kv_num_heads", spec.num_kv_heads),
+          intAttribute("do_rotary", 1),
+          intAttribute("rotary_interleaved", rope.layout === "interleaved" ? 1 : 0),
+        ],
+      );
+    }
+    const merged = half ? g.op("Cast", [context], `${context}.float32`, [intAttribute("to", DataType.FLOAT)]) : context;
+    return this.projection(merged, `${prefix}.o_proj`, `${prefix}.output`, spec.dense_bias === true);
+  }
+
+  /**
+   * A mask bias in float16, with float16's lowest value for blocked slots (float32's -1e9 would be -inf); once
+   * per bias, shared by the layers that read it.
+   */
+  private float16Bias(bias: string): string {
+    const { g } = this;
+    let half = this.halfBiases.get(bias);
+    if (half === undefined) {
+      const clamped = g.op("Max", [bias, g.float32([FLOAT16_LOWEST], [])], `${bias}.clamped`);
+      half = g.op("Cast", [clamped], `${bias}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+      this.halfBiases.set(bias, half);
+    }
+    return half;
+  }
+
+  /** GroupQueryAttention's view of the cache, from the mask as genai's graphs compute it. */
+  private get sequenceLengths(): { seqlens_k: string; total: string } {
+    const { g } = this;
+    if (!this.gqaLengths) {
+      const attended = g.op("ReduceSum", ["attention_mask", g.int64([1])], "attention.attended_count", [intAttribute("keepdims", 0)]);
+      const last = g.op("Sub", [attended, g.int64([1], [])], "attention.last_attended");
+      const toInt32 = [intAttribute("to", DataType.INT32)];
+      this.gqaLengths = {
+        seqlens_k: g.op("Cast", [last], "seqlens_k", toInt32),
+        total: g.op("Cast", ["attention.total_length"], "total_sequence_length", toInt32),
+      };
+    }
+    return this.gqaLengths;
   }
 
   private norm(prefix: string, x: string): string {
@@ -406,10 +675,7 @@ class DecoderGraph {
   private mlp(layerPrefix: string, x: string): string {
     const { g, spec } = this;
     const prefix = `${layerPrefix}.mlp`;
-    const linear = (name: string, input: string) => {
-      const product = g.op("MatMul", [input, this.weight(`${prefix}.${name}.weight`, true)], `${prefix}.${name}`);
-      return mlpHasBias(spec) ? g.op("Add", [product, this.weight(`${prefix}.${name}.bias`)], `${prefix}.${name}.biased`) : product;
-    };
+    const linear = (name: string, input: string) => this.projection(input, `${prefix}.${name}`, `${prefix}.${name}`, mlpHasBias(spec));
     if (spec.mlp === "swiglu" || spec.mlp === "geglu") {
       const gate = linear("gate_proj", x);
       const activated =

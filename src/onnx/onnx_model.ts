@@ -9,9 +9,11 @@ export const ONNX_IR_VERSION = 8;
 /** The ai.onnx opset every graph here is built against. */
 export const ONNX_OPSET_VERSION = 17;
 export const PRODUCER_NAME = "attention-sinks";
+/** The domain of onnxruntime's contrib operators (RotaryEmbedding, MultiHeadAttention, ...), at its opset 1. */
+export const CONTRIB_DOMAIN = "com.microsoft";
 
 /** TensorProto.DataType values in use. */
-export const DataType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export const DataType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 export type DataType = (typeof DataType)[keyof typeof DataType];
 
 /** Where a tensor's bytes live in an external data file (ONNX `data_location: EXTERNAL`). */
@@ -36,7 +38,8 @@ export type AttributeDef =
   | { name: string; kind: "float"; value: number }
   | { name: string; kind: "floats"; value: readonly number[] }
   | { name: string; kind: "string"; value: string }
-  | { name: string; kind: "tensor"; value: TensorDef };
+  | { name: string; kind: "tensor"; value: TensorDef }
+  | { name: string; kind: "graph"; value: GraphDef };
 
 export interface NodeDef {
   name: string;
@@ -44,6 +47,8 @@ export interface NodeDef {
   inputs: readonly string[];
   outputs: readonly string[];
   attributes: readonly AttributeDef[];
+  /** The operator set the op belongs to; absent for the default ai.onnx domain. */
+  domain?: string;
 }
 
 /** A graph input or output: a tensor whose dimensions are fixed numbers or symbolic names. */
@@ -64,12 +69,11 @@ export interface GraphDef<T = never> {
 /** Encodes a ModelProto; tensors with deferred data stay placeholders in the returned chunks. */
 export function encodeModel<T>(graph: GraphDef<T>): Chunk<T>[] {
   const opset = new ProtoWriter<T>().string(1, "").int(2, ONNX_OPSET_VERSION);
-  return new ProtoWriter<T>()
-    .int(1, ONNX_IR_VERSION)
-    .string(2, PRODUCER_NAME)
-    .message(7, encodeGraph(graph))
-    .message(8, opset)
-    .finish();
+  const model = new ProtoWriter<T>().int(1, ONNX_IR_VERSION).string(2, PRODUCER_NAME).message(7, encodeGraph(graph)).message(8, opset);
+  if (graph.nodes.some((node) => node.domain === CONTRIB_DOMAIN)) {
+    model.message(8, new ProtoWriter<T>().string(1, CONTRIB_DOMAIN).int(2, 1));
+  }
+  return model.finish();
 }
 
 function encodeGraph<T>(graph: GraphDef<T>): ProtoWriter<T> {
@@ -88,11 +92,12 @@ function encodeNode<T>(node: NodeDef): ProtoWriter<T> {
   for (const output of node.outputs) writer.string(2, output);
   writer.string(3, node.name).string(4, node.opType);
   for (const attribute of node.attributes) writer.message(5, encodeAttribute<T>(attribute));
+  if (node.domain) writer.string(7, node.domain);
   return writer;
 }
 
 /** AttributeProto.AttributeType values. */
-const ATTRIBUTE_TYPE = { float: 1, int: 2, string: 3, tensor: 4, floats: 6, ints: 7 } as const;
+const ATTRIBUTE_TYPE = { float: 1, int: 2, string: 3, tensor: 4, graph: 5, floats: 6, ints: 7 } as const;
 
 function encodeAttribute<T>(attribute: AttributeDef): ProtoWriter<T> {
   const writer = new ProtoWriter<T>().string(1, attribute.name).int(20, ATTRIBUTE_TYPE[attribute.kind]);
@@ -105,6 +110,8 @@ function encodeAttribute<T>(attribute: AttributeDef): ProtoWriter<T> {
       return writer.string(4, attribute.value);
     case "tensor":
       return writer.message(5, encodeTensor<T>(attribute.value));
+    case "graph":
+      return writer.message(6, encodeGraph<T>(attribute.value));
     case "floats":
       for (const value of attribute.value) writer.float(7, value);
       return writer;

@@ -16,6 +16,7 @@ import { float16ToFloat32Table } from "../onnx/float16.js";
 import { resolveGeometry, SUPPORTED_MODEL_TYPES, type ModelConfig } from "../positions/families.js";
 import { checkCacheGeometry, decoderInputs, decoderSession, kvType, pastName, presentName } from "./decoder_contract.js";
 import { enableAttentionSinks, streamingDecoderOf, type AttentionSinkModel } from "./enable.js";
+import { checkLoadedGraph } from "./graph_checks.js";
 import { cacheStats } from "./stream_registry.js";
 
 export interface BackendLoadOptions extends CacheSizes, Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> {
@@ -217,7 +218,7 @@ const DENSE_RECORD = "attention-sinks dense stream";
 export async function pretrainedSource(
   nameOrPath: string,
   revision?: string,
-  conversion: Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert"> = {},
+  conversion: Pick<ResolveModelSourceOptions, "tokenizer" | "onConvert" | "dtype"> = {},
 ): Promise<{ path: string; files: { local_files_only?: boolean; revision?: string } }> {
   const path = await resolveModelSource(nameOrPath, conversion);
   return { path, files: { ...(existsSync(path) ? { local_files_only: true } : {}), ...(revision === undefined ? {} : { revision }) } };
@@ -247,7 +248,7 @@ export async function loadingFrom<T>(path: string, load: () => Promise<T>): Prom
 
 /** Loads a model and its tokenizer as a stream of one experiment (default `attention_sinks`). */
 export async function loadTransformersBackend(nameOrPath: string, options: BackendLoadOptions = {}): Promise<SinkStream | DenseStream> {
-  const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert });
+  const { path, files } = await pretrainedSource(nameOrPath, options.revision, { tokenizer: options.tokenizer, onConvert: options.onConvert, dtype: options.dtype });
   if (files.local_files_only) checkTokenizerFiles(path);
   const tokenizer = await loadingFrom(path, () => transformers.AutoTokenizer.from_pretrained(path, files));
   const model = await loadingFrom(path, () =>
@@ -265,5 +266,8 @@ export async function loadTransformersBackend(nameOrPath: string, options: Backe
       ? DEFAULT_ATTENTION_SINK_WINDOW_SIZE
       : resolveStreamingPolicy(model.config as unknown as ModelConfig, { attention_sink_size: sinks }, decoderInputs(decoderSession(model))).settings.window_size;
   const { sink_options, window_tokens } = experimentCache(experiment, options, defaultWindow);
-  return sink_options === null ? new DenseStream(model, tokenizer, window_tokens) : new SinkStream(enableAttentionSinks(model, sink_options), tokenizer);
+  if (sink_options === null) return new DenseStream(model, tokenizer, window_tokens);
+  const streaming = enableAttentionSinks(model, sink_options);
+  await checkLoadedGraph(path, options.dtype, model.config as unknown as ModelConfig, streaming.attention_sinks);
+  return new SinkStream(streaming, tokenizer);
 }

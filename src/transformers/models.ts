@@ -8,6 +8,8 @@ import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
 import { loadingFrom, pretrainedSource } from "./backend.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type WithAttentionSinks } from "./enable.js";
+import { checkLoadedGraph } from "./graph_checks.js";
+import type { ModelConfig } from "../positions/families.js";
 import { streamTextGenerationPipeline } from "./text_generation_pipeline.js";
 
 /** transformers.js loading options plus the attention-sink options. */
@@ -25,9 +27,12 @@ function streamingLoader<B extends PretrainedLoader>(Base: B) {
   return class {
     static async from_pretrained(id: string, options?: StreamingModelOptions): Promise<StreamingModel> {
       const { sink, rest } = splitSinkOptions(options);
-      const { path, files } = await pretrainedSource(id);
-      const model = await loadingFrom(path, () => Base.from_pretrained(path, { ...files, ...rest }));
-      return enableAttentionSinks(model, sink);
+      // A checkpoint converted on first use gets the file of the dtype asked (per session: the decoder's).
+      const dtype = typeof rest.dtype === "string" ? rest.dtype : rest.dtype?.model;
+      const { path, files } = await pretrainedSource(id, undefined, { dtype });
+      const model = enableAttentionSinks(await loadingFrom(path, () => Base.from_pretrained(path, { ...files, ...rest })), sink);
+      await checkLoadedGraph(path, dtype, model.config as unknown as ModelConfig, model.attention_sinks);
+      return model;
     }
     /** Models loaded through this class are instances of the transformers.js class. */
     static [Symbol.hasInstance](value: unknown): boolean {

@@ -17,15 +17,17 @@ const spec = {
     tokenizer: { type: "string", metavar: "FILE", description: "the llama2.c tokenizer (tokenizer.bin) for a llama2.c checkpoint" },
     dtype: {
       type: "string",
-      choices: ["fp32", "fp16"],
+      choices: ["fp32", "fp16", "q8", "q4", "q4f16"],
       default: "fp32",
-      description: "fp16 also writes onnx/model_fp16.onnx with half-size weights (model directories only)",
+      description:
+        "also write the file transformers.js loads for this dtype: model_fp16.onnx, model_quantized.onnx (q8), model_q4.onnx or model_q4f16.onnx (model directories only; a .gguf is written in float32)",
     },
   }),
   examples: [
     "attention-sinks convert ../shared/models/stories260K/stories260K.bin stories260K --tokenizer ../shared/models/stories260K/tok512.bin",
     "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k --dtype fp16",
     "attention-sinks convert ../shared/models/stories260K/stories260K.v1.gguf stories260K.gguf",
+    "attention-sinks convert ../shared/models/tinystories-656k tinystories-656k-q4 --dtype q4",
   ],
 };
 
