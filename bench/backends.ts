@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import * as transformers from "@huggingface/transformers";
 import type { StreamingBackend } from "../src/backend/backend.js";
-import { weightShapes, type DecoderSpec } from "../src/architecture/decoder_spec.js";
+import { weightShapes } from "../src/architecture/decoder_spec.js";
 import { llamaModelFiles } from "../src/convert/hf_llama.js";
 import type { Checkpoint } from "../src/convert/checkpoint.js";
 import { writeModelDirectory } from "../src/convert/convert.js";
@@ -32,6 +32,7 @@ import { NODE_LLAMA_CPP_VERSION } from "../src/llama_cpp/bindings.js";
 import { loadTransformersBackend } from "../src/transformers/backend.js";
 import { randomDecoderWeights } from "../test/support/fixtures/random_weights.js";
 import { median } from "./stats.js";
+import { benchmarkDecoderSpec } from "./decoder_spec.js";
 
 const { values: flags } = parseArgs({
   options: {
@@ -55,20 +56,7 @@ const EVICTION_INTERVAL = Number(flags.eviction_interval);
 
 transformers.env.allowRemoteModels = false;
 
-const spec: DecoderSpec = {
-  vocab_size: 2048,
-  hidden_size: 512,
-  num_layers: 8,
-  num_heads: 8,
-  num_kv_heads: 8,
-  head_dim: 64,
-  intermediate_size: 1376,
-  norm: "rms",
-  norm_eps: 1e-5,
-  mlp: "swiglu",
-  positions: { kind: "rope", rope: { layout: "rotate_half", head_dim: 64, rotary_dim: 64, theta: 10000 } },
-  tie_word_embeddings: true,
-};
+const spec = benchmarkDecoderSpec(2048, 8);
 
 /** A SentencePiece vocabulary of the model's size: special pieces, the 256 byte pieces, then filler pieces. */
 function vocabulary(): SentencePieceVocab {

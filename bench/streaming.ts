@@ -21,12 +21,12 @@ import { parseArgs } from "node:util";
 import * as transformers from "@huggingface/transformers";
 import { BaseStreamer, DynamicCache, Tensor } from "@huggingface/transformers";
 import { AutoModelForCausalLM, sinkCacheStats } from "../src/index.js";
-import type { DecoderSpec } from "../src/architecture/decoder_spec.js";
 import { llamaConfig, llamaGenerationConfig } from "../src/architecture/llama_config.js";
 import { buildDecoderOnnx } from "../src/onnx/decoder_export.js";
 import type { AttentionOps } from "../src/onnx/decoder_graph.js";
 import { randomDecoderWeights } from "../test/support/fixtures/random_weights.js";
 import { mean, median } from "./stats.js";
+import { benchmarkDecoderSpec } from "./decoder_spec.js";
 
 const { values: flags } = parseArgs({
   options: {
@@ -53,20 +53,7 @@ const PROMPT_TOKENS = Number(flags.prompt_tokens);
 
 transformers.env.allowRemoteModels = false;
 
-const spec: DecoderSpec = {
-  vocab_size: 8192,
-  hidden_size: 512,
-  num_layers: 7,
-  num_heads: 8,
-  num_kv_heads: 8,
-  head_dim: 64,
-  intermediate_size: 1376,
-  norm: "rms",
-  norm_eps: 1e-5,
-  mlp: "swiglu",
-  positions: { kind: "rope", rope: { layout: "rotate_half", head_dim: 64, rotary_dim: 64, theta: 10000 } },
-  tie_word_embeddings: true,
-};
+const spec = benchmarkDecoderSpec(8192, 7);
 
 async function writeModel(dir: string): Promise<number> {
   const weights = randomDecoderWeights(spec, 1);
