@@ -15,6 +15,7 @@ import { DynamicCache, Tensor } from "@huggingface/transformers";
 import type { DecoderSpec, WeightTensor } from "../src/architecture/decoder_spec.js";
 import { convertCheckpoint, ConversionError } from "../src/convert/index.js";
 import { parseBenchmarkCsv, type Experiment } from "../src/perplexity/index.js";
+import { llamaKeys } from "./support/fixtures/families.js";
 import { randomDecoderWeights } from "./support/fixtures/random_weights.js";
 import { writeTinyTokenizer } from "./support/fixtures/tiny_tokenizer.js";
 import { StreamingReference, referenceNll, type ReferencePolicy } from "./support/reference/streaming_reference.js";
@@ -60,23 +61,13 @@ const base: DecoderSpec = {
   positions: { kind: "rope", rope: { layout: "rotate_half", head_dim: 8, rotary_dim: 8, theta: 10000 } },
 };
 
+/** A Hugging Face Llama-style config.json of `spec`, as the checkpoints' own configs write it. */
 function llamaConfig(model_type: string, architecture: string, spec: DecoderSpec): Record<string, unknown> {
   return {
-    model_type,
-    architectures: [architecture],
-    vocab_size: spec.vocab_size,
-    hidden_size: spec.hidden_size,
-    intermediate_size: spec.intermediate_size,
-    num_hidden_layers: spec.num_layers,
-    num_attention_heads: spec.num_heads,
-    num_key_value_heads: spec.num_kv_heads,
-    max_position_embeddings: 128,
-    rms_norm_eps: spec.norm_eps,
+    ...llamaKeys(model_type, architecture, spec),
     rope_theta: 10000,
     hidden_act: "silu",
     tie_word_embeddings: spec.tie_word_embeddings,
-    bos_token_id: 1,
-    eos_token_id: 2,
     torch_dtype: "float32",
   };
 }
