@@ -92,7 +92,7 @@ describe("cache bounds", () => {
 describe("when lazy eviction is exact", () => {
   // Two layers, as the configs below say.
   const past = ["past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"];
-  const session = (names: string[]) => ({ inputNames: ["input_ids", "attention_mask", ...names, ...past], run: async () => ({}) });
+  const session = (names: string[]) => ({ inputNames: ["input_ids", "attention_mask", ...names, ...past], outputNames: ["logits"], run: async () => ({}) });
   const options = { attention_sink_size: 4, attention_sink_window_size: 60, attention_sink_compaction_interval: 16 };
   const llama = { model_type: "llama", num_hidden_layers: 2, num_attention_heads: 4, hidden_size: 32, max_position_embeddings: 512 };
 

@@ -1,8 +1,10 @@
 /**
  * The attention-sink KV cache: which slots of the key/value buffers attention sees, and where.
  *
- * Buffers follow the transformers.js layout [batch, kv_heads, slots, head_dim] and grow by the tokens of
- * each forward pass (the graph concatenates). Slots are laid out as
+ * Buffers follow the transformers.js layout [batch, kv_heads, slots, head_dim]. They either grow by the tokens
+ * of each forward pass (the graph concatenates past and new), or, for graphs that return only the new tokens'
+ * keys and values (src/onnx/new_kv_only.ts), have room for every slot the cache can hold, and each pass
+ * writes its tokens into them in place. Slots are laid out as
  *
  *     [ sinks | evicted (masked out) | window ]
  *
@@ -16,7 +18,10 @@ import { Tensor } from "@huggingface/transformers";
 import { KeyRotation } from "../positions/rope.js";
 import type { SlotRule } from "../positions/slot_rule.js";
 import { allocateKv, copyKv, readAsFloat32, rotateRows, writeFromFloat32, type KvArray, type KvType } from "./kv_data.js";
+import { NEW_TOKEN_MASK_VALUE } from "../onnx/new_kv_only.js";
 import type { SinkPolicy } from "./options.js";
+
+const NEW_TOKEN_MASK = BigInt(NEW_TOKEN_MASK_VALUE);
 
 export interface CacheLayout {
   num_layers: number;
@@ -24,6 +29,8 @@ export interface CacheLayout {
   head_dim: number;
   /** The element type of the model's KV cache. */
   kv_type: KvType;
+  /** Whether the graph returns only the new tokens' keys and values, to be written in place. */
+  new_kv_only: boolean;
 }
 
 export interface SinkCacheStats {
@@ -69,8 +76,12 @@ export function nextChunkLength(policy: Pick<SinkPolicy, "capacity" | "window_si
 /** The bookkeeping of one stream. Tensors live in the cache object's standard entries. */
 export class SinkCacheState {
   private batch = 0;
-  /** Slots in the buffers. */
+  /** Slots in use in the buffers. */
   private slots = 0;
+  /** Buffers written in place: their fixed length in slots (sink + window + compaction interval); else 0. */
+  private readonly fixedSlots: number;
+  /** Zero-length past tensors, fed to a fixed-buffer graph before its first pass. */
+  private emptyPast: Record<string, Tensor> = {};
   /** Masked slots between the sinks and the window. */
   private evicted = 0;
   private seen = 0;
@@ -95,6 +106,17 @@ export class SinkCacheState {
   ) {
     this.keyNames = names.keys;
     this.valueNames = names.values;
+    this.fixedSlots = layout.new_kv_only ? policy.capacity + policy.compaction_interval : 0;
+  }
+
+  /** Slots from one buffer row (one batch row, one KV head) to the next. */
+  private get stride(): number {
+    return this.fixedSlots || this.slots;
+  }
+
+  /** The past length the graph sees: the whole fixed buffer once written, else the slots in use. */
+  private get pastLength(): number {
+    return this.fixedSlots && this.slots > 0 ? this.fixedSlots : this.slots;
   }
 
   get stats(): SinkCacheStats {
@@ -104,7 +126,7 @@ export class SinkCacheState {
       seen_tokens: this.seen,
       cached_tokens: this.attended,
       kv_cache_bytes: this.attended * bytesPerSlot,
-      kv_buffer_bytes: this.slots * bytesPerSlot,
+      kv_buffer_bytes: (this.batch === 0 ? 0 : this.stride) * bytesPerSlot,
     };
   }
 
@@ -141,14 +163,23 @@ export class SinkCacheState {
     if (this.rule.rotation && sink_size > 0 && this.sinkShift !== this.evicted) this.shiftSinks(this.evicted);
   }
 
-  /** The feeds that describe the slots: attention mask [batch, slots + n] and position ids [batch, n]. */
+  /**
+   * The feeds that describe the slots: attention mask [batch, past + n] and position ids [batch, n]. Fixed
+   * buffers mask their unused slots and mark the new tokens as asking for new-only presents.
+   */
   maskAndPositions(n: number): { attention_mask: Tensor; position_ids: Tensor } {
-    const total = this.slots + n;
+    const past = this.pastLength;
+    const total = past + n;
     const mask = new BigInt64Array(this.batch * total).fill(1n);
     const positions = new BigInt64Array(this.batch * n);
     const first = this.rule.position_ids === "slot" ? this.slots : this.attended;
     for (let b = 0; b < this.batch; b++) {
-      mask.fill(0n, b * total + this.sinksKept, b * total + this.sinksKept + this.evicted);
+      const row = b * total;
+      mask.fill(0n, row + this.sinksKept, row + this.sinksKept + this.evicted);
+      if (this.fixedSlots) {
+        mask.fill(0n, row + this.slots, row + past);
+        mask.fill(NEW_TOKEN_MASK, row + past, row + total);
+      }
       for (let k = 0; k < n; k++) positions[b * n + k] = BigInt(first + k);
     }
     return {
@@ -157,35 +188,58 @@ export class SinkCacheState {
     };
   }
 
-  /** Adopts the buffers a forward pass returned (`present.*`, already concatenated with the past). */
+  /**
+   * Takes what a forward pass returned: buffers already holding past + new (adopted), or, with fixed buffers,
+   * the new tokens' keys and values alone (written into their slots).
+   */
   finishForward(presentKeys: Tensor[], presentValues: Tensor[], n: number): void {
+    const { kv_type, num_kv_heads, head_dim } = this.layout;
+    const returned = this.fixedSlots ? n : this.slots + n;
     for (let i = 0; i < this.layout.num_layers; i++) {
-      const key = presentKeys[i];
-      if (key.location !== "cpu") {
-        throw new SinkCacheError(
-          `attention-sinks moves keys on the CPU; this session returns its KV cache as "${key.location}": keep session outputs on the CPU (the transformers.js default)`,
-        );
+      for (const present of [presentKeys[i], presentValues[i]]) {
+        if (present.location !== "cpu") {
+          throw new SinkCacheError(
+            `attention-sinks moves keys on the CPU; this session returns its KV cache as "${present.location}": keep session outputs on the CPU (the transformers.js default)`,
+          );
+        }
+        if (present.type !== kv_type || !(present.data instanceof (kv_type === "float32" ? Float32Array : Uint16Array))) {
+          throw new SinkCacheError(`the model returned a ${present.type} KV cache where its inputs declare ${kv_type}`);
+        }
+        const [batch, heads, length, dim] = present.dims;
+        if (batch !== this.batch || heads !== num_kv_heads || length !== returned || dim !== head_dim) {
+          throw new SinkCacheError(`the model returned a KV cache of shape [${present.dims}] where [${this.batch}, ${num_kv_heads}, ${returned}, ${head_dim}] was expected`);
+        }
       }
-      const { kv_type } = this.layout;
-      if (key.type !== kv_type || presentValues[i].type !== kv_type || !(key.data instanceof (kv_type === "float32" ? Float32Array : Uint16Array))) {
-        throw new SinkCacheError(`the model returned a ${key.type} KV cache where its inputs declare ${kv_type}`);
+      if (this.fixedSlots) {
+        this.writeNew(this.entries[this.keyNames[i]].data as KvArray, presentKeys[i].data as KvArray, n);
+        this.writeNew(this.entries[this.valueNames[i]].data as KvArray, presentValues[i].data as KvArray, n);
+      } else {
+        this.entries[this.keyNames[i]] = presentKeys[i];
+        this.entries[this.valueNames[i]] = presentValues[i];
       }
-      this.entries[this.keyNames[i]] = key;
-      this.entries[this.valueNames[i]] = presentValues[i];
     }
     this.slots += n;
     this.seen += n;
     if (this.sinksKept < this.policy.sink_size) this.keepSinkKeys();
   }
 
+  /** Copies n new tokens' rows [batch, kv_heads, n, head_dim] into their slots of a fixed buffer. */
+  private writeNew(buffer: KvArray, fresh: KvArray, n: number): void {
+    const { head_dim } = this.layout;
+    const rows = this.batch * this.layout.num_kv_heads;
+    for (let r = 0; r < rows; r++) copyKv(fresh, r * n * head_dim, n * head_dim, buffer, (r * this.fixedSlots + this.slots) * head_dim);
+  }
+
   private bind(batch: number): void {
     this.batch = batch;
-    const { num_kv_heads, head_dim } = this.layout;
-    for (let i = 0; i < this.layout.num_layers; i++) {
-      const { kv_type } = this.layout;
-      this.entries[this.keyNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
-      this.entries[this.valueNames[i]] = new Tensor(kv_type, allocateKv(kv_type, 0), [batch, num_kv_heads, 0, head_dim]);
-      if (this.rule.rotation) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
+    const { num_kv_heads, head_dim, kv_type } = this.layout;
+    const tensor = (slots: number) => new Tensor(kv_type, allocateKv(kv_type, batch * num_kv_heads * slots * head_dim), [batch, num_kv_heads, slots, head_dim]);
+    for (const name of [...this.keyNames, ...this.valueNames]) {
+      this.entries[name] = tensor(this.fixedSlots);
+      if (this.fixedSlots) this.emptyPast[name] = tensor(0);
+    }
+    if (this.rule.rotation) {
+      for (let i = 0; i < this.layout.num_layers; i++) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
     }
     this.sinkScratch = new Float32Array(this.policy.sink_size * head_dim);
   }
@@ -199,7 +253,7 @@ export class SinkCacheState {
       for (let i = 0; i < this.layout.num_layers; i++) {
         const keys = this.entries[this.keyNames[i]].data as KvArray;
         for (let r = 0; r < rows; r++) {
-          const from = (r * this.slots + this.sinksKept) * head_dim;
+          const from = (r * this.stride + this.sinksKept) * head_dim;
           const to = (r * this.policy.sink_size + this.sinksKept) * head_dim;
           readAsFloat32(keys, from, (kept - this.sinksKept) * head_dim, this.sinkKeys[i], to);
         }
@@ -228,13 +282,16 @@ export class SinkCacheState {
     for (let i = 0; i < this.layout.num_layers; i++) {
       const keys = this.entries[this.keyNames[i]].data as KvArray;
       for (let r = 0; r < rows; r++) {
-        rotateRows(rotation, this.sinkKeys[i], r * this.policy.sink_size * head_dim, keys, r * this.slots * head_dim, sinks, this.sinkScratch);
+        rotateRows(rotation, this.sinkKeys[i], r * this.policy.sink_size * head_dim, keys, r * this.stride * head_dim, sinks, this.sinkScratch);
       }
     }
     this.sinkShift = distance;
   }
 
-  /** Copies the attended slots into fresh buffers: sinks back at their own positions, window shifted down. */
+  /**
+   * Copies the attended slots together: sinks back at their own positions, window shifted down. Growing
+   * buffers are copied into fresh ones of the attended length; fixed buffers move their rows down in place.
+   */
   private compact(): void {
     const { head_dim, num_kv_heads, kv_type } = this.layout;
     const sinks = this.sinksKept;
@@ -245,14 +302,18 @@ export class SinkCacheState {
     // Slot positions shift down with the window, so its keys rotate back by the evicted count.
     const rotation = this.rule.rotation && this.rule.position_ids === "slot" ? this.rotation(-this.evicted) : null;
     const scratch = rotation && kv_type !== "float32" ? new Float32Array(windowLength * head_dim) : this.sinkScratch;
+    const inPlace = this.fixedSlots > 0;
+    const targetStride = inPlace ? this.fixedSlots : kept;
     for (let i = 0; i < this.layout.num_layers; i++) {
       const oldKeys = this.entries[this.keyNames[i]].data as KvArray;
       const oldValues = this.entries[this.valueNames[i]].data as KvArray;
-      const keys = allocateKv(kv_type, rows * kept * head_dim);
-      const values = allocateKv(kv_type, rows * kept * head_dim);
+      // In place, each row's window moves to lower addresses of the same row, which rotateRows and copyKv
+      // do safely (every slot is read before the slot it moves to is written).
+      const keys = inPlace ? oldKeys : allocateKv(kv_type, rows * kept * head_dim);
+      const values = inPlace ? oldValues : allocateKv(kv_type, rows * kept * head_dim);
       for (let r = 0; r < rows; r++) {
-        const from = r * this.slots * head_dim;
-        const to = r * kept * head_dim;
+        const from = r * this.stride * head_dim;
+        const to = r * targetStride * head_dim;
         const windowFrom = from + windowStart * head_dim;
         const windowTo = to + sinks * head_dim;
         copyKv(oldValues, from, sinks * head_dim, values, to);
@@ -265,9 +326,11 @@ export class SinkCacheState {
         if (rotation) rotateRows(rotation, oldKeys, windowFrom, keys, windowTo, windowLength, scratch);
         else copyKv(oldKeys, windowFrom, windowLength * head_dim, keys, windowTo);
       }
-      const dims = [this.batch, num_kv_heads, kept, head_dim];
-      this.entries[this.keyNames[i]] = new Tensor(kv_type, keys, dims);
-      this.entries[this.valueNames[i]] = new Tensor(kv_type, values, dims);
+      if (!inPlace) {
+        const dims = [this.batch, num_kv_heads, kept, head_dim];
+        this.entries[this.keyNames[i]] = new Tensor(kv_type, keys, dims);
+        this.entries[this.valueNames[i]] = new Tensor(kv_type, values, dims);
+      }
     }
     this.slots = kept;
     this.evicted = 0;
@@ -284,7 +347,7 @@ export class SinkCacheState {
       const from = this.entries[name].data as KvArray;
       const out = allocateKv(kv_type, rows * this.attended * head_dim);
       for (let r = 0; r < rows; r++) {
-        const source = r * this.slots * head_dim;
+        const source = r * this.stride * head_dim;
         const target = r * this.attended * head_dim;
         copyKv(from, source, sinks * head_dim, out, target);
         copyKv(from, source + (sinks + this.evicted) * head_dim, windowLength * head_dim, out, target + sinks * head_dim);
@@ -329,19 +392,21 @@ export class SinkCacheState {
     this.bind(batch);
     const slots = attended + evicted;
     const windowLength = attended - sinks_kept;
+    const stride = this.fixedSlots || slots;
+    /** Puts the saved slots back at theirs: into the fixed buffer bind() made, or a new one of `slots`. */
+    const spread = (name: string, saved: KvArray) => {
+      const out = this.fixedSlots ? (this.entries[name].data as KvArray) : allocateKv(kv_type, rows * slots * head_dim);
+      for (let r = 0; r < rows; r++) {
+        const source = r * attended * head_dim;
+        const target = r * stride * head_dim;
+        copyKv(saved, source, sinks_kept * head_dim, out, target);
+        copyKv(saved, source + sinks_kept * head_dim, windowLength * head_dim, out, target + (sinks_kept + evicted) * head_dim);
+      }
+      if (!this.fixedSlots) this.entries[name] = new Tensor(kv_type, out, [batch, num_kv_heads, slots, head_dim]);
+    };
     for (let i = 0; i < num_layers; i++) {
-      const spread = (saved: KvArray) => {
-        const out = allocateKv(kv_type, rows * slots * head_dim);
-        for (let r = 0; r < rows; r++) {
-          const source = r * attended * head_dim;
-          const target = r * slots * head_dim;
-          copyKv(saved, source, sinks_kept * head_dim, out, target);
-          copyKv(saved, source + sinks_kept * head_dim, windowLength * head_dim, out, target + (sinks_kept + evicted) * head_dim);
-        }
-        return new Tensor(kv_type, out, [batch, num_kv_heads, slots, head_dim]);
-      };
-      this.entries[this.keyNames[i]] = spread(snapshot.keys[i]);
-      this.entries[this.valueNames[i]] = spread(snapshot.values[i]);
+      spread(this.keyNames[i], snapshot.keys[i]);
+      spread(this.valueNames[i], snapshot.values[i]);
       if (this.rule.rotation) this.sinkKeys[i].set(snapshot.sink_keys[i]);
     }
     this.slots = slots;
@@ -352,12 +417,13 @@ export class SinkCacheState {
     this.sinkShift = 0;
   }
 
-  /** The past key/value tensors to feed, by input name. */
+  /** The past key/value tensors to feed, by input name (none yet for fixed buffers before their first pass). */
   pastFeeds(): Record<string, Tensor> {
     const feeds: Record<string, Tensor> = {};
+    const source = this.fixedSlots && this.slots === 0 ? this.emptyPast : this.entries;
     for (let i = 0; i < this.layout.num_layers; i++) {
-      feeds[this.keyNames[i]] = this.entries[this.keyNames[i]];
-      feeds[this.valueNames[i]] = this.entries[this.valueNames[i]];
+      feeds[this.keyNames[i]] = source[this.keyNames[i]];
+      feeds[this.valueNames[i]] = source[this.valueNames[i]];
     }
     return feeds;
   }

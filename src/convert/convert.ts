@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import { weightShapes } from "../architecture/decoder_spec.js";
-import { writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
+import { supportsNewKvOnly, writeDecoderOnnx, type WeightSource } from "../onnx/decoder_export.js";
 import { floatDtype, type WeightDtype } from "../onnx/weight_storage.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { ensureParentDirectory } from "../platform/output_paths.js";
@@ -148,7 +148,9 @@ async function writeExports(checkpoint: Checkpoint, dir: string, dtypes: readonl
         return tensor;
       },
     };
-    await writeDecoderOnnx(checkpoint.spec, weights, join(dir, "onnx", MODEL_FILES[dtype]), { dtype });
+    // The package's own exports let its cache be written in place (src/onnx/new_kv_only.ts) where the model allows.
+    const options = { dtype, new_kv_only: supportsNewKvOnly(checkpoint.spec) };
+    await writeDecoderOnnx(checkpoint.spec, weights, join(dir, "onnx", MODEL_FILES[dtype]), options);
   }
 }
 

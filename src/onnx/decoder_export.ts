@@ -6,7 +6,7 @@
 import { basename } from "node:path";
 import { rm } from "node:fs/promises";
 import { validateDecoderSpec, weightShapes, type DecoderSpec, type DecoderWeights, type WeightTensor } from "../architecture/decoder_spec.js";
-import { decoderGraph, type AttentionOps, type GraphStyle } from "./decoder_graph.js";
+import { canReturnNewKvOnly, decoderGraph, type AttentionOps, type GraphStyle } from "./decoder_graph.js";
 import { writeFilesAtomically, type FileContent } from "./model_file.js";
 import { encodeModel, type ExternalRange } from "./onnx_model.js";
 import type { Chunk, Deferred } from "./protobuf.js";
@@ -38,6 +38,12 @@ export interface OnnxExportOptions {
   attention?: AttentionOps;
   /** Residual adds fused into Skip*LayerNormalization, as onnxruntime-genai emits them. Default false. */
   fused_norms?: boolean;
+  /**
+   * Whether the graph can also return only the new tokens' keys and values, for a cache the package writes in
+   * place (src/onnx/new_kv_only.ts); to transformers.js it stays an ordinary decoder. Needs position_ids and
+   * standard attention, and no sliding window (`canReturnNewKvOnly`). Default false, as exporters write.
+   */
+  new_kv_only?: boolean;
   /** Contrib attention: the rows of the baked cos/sin tables (max_position_embeddings). Default 4096. */
   rotary_table_length?: number;
   /**
@@ -135,6 +141,11 @@ export async function writeDecoderOnnx(
   await writeFilesAtomically([dataFile, modelFile]);
 }
 
+/** Whether a graph of this spec, exported with these options, can take `new_kv_only: true`. */
+export function supportsNewKvOnly(spec: DecoderSpec, options: OnnxExportOptions = {}): boolean {
+  return canReturnNewKvOnly(spec, graphStyle(options));
+}
+
 function graphStyle(options: OnnxExportOptions): GraphStyle {
   return {
     weights: options.dtype ?? "fp32",
@@ -146,6 +157,7 @@ function graphStyle(options: OnnxExportOptions): GraphStyle {
     attention: options.attention ?? "standard",
     fused_norms: options.fused_norms ?? false,
     rotary_table_length: options.rotary_table_length ?? DEFAULT_ROTARY_TABLE_LENGTH,
+    new_kv_only: options.new_kv_only ?? false,
   };
 }
 

@@ -8,6 +8,11 @@
  * `use_cache_branch` of a merged decoder (false: the past is ignored). Outputs: `logits` and per layer
  * `present.{i}.key|value` = Concat(past, new) along the sequence axis, keys stored after RoPE.
  *
+ * With `new_kv_only`, the graph also serves a cache that lives in fixed buffers (src/onnx/new_kv_only.ts):
+ * attention reads the past and the new keys separately (scores are concatenated, not keys), and when the mask
+ * marks the new tokens with NEW_TOKEN_MASK_VALUE the presents are the new tokens' keys and values alone, so a
+ * step copies nothing of the past. Fed 0/1 masks, as transformers.js feeds them, it is the graph above.
+ *
  * With P cached slots and n new tokens, new token k sits at slot P + k and attends to slot j iff j <= P + k and
  * attention_mask[b, j] == 1. RoPE and learned positions come only from `position_ids`, never from slot indices
  * (RoPE angles are computed at run time, so positions past the trained length work), or, in a RoPE graph
@@ -18,6 +23,7 @@
 import { mlpHasBias, weightShapes, type DecoderSpec } from "../architecture/decoder_spec.js";
 import { ropeAttentionFactor, ropeInverseFrequencies, type RopeSpec } from "../positions/rope.js";
 import { alibiSlopes } from "../positions/alibi.js";
+import { NEW_KV_ONLY_OUTPUT, NEW_TOKEN_MASK_VALUE } from "./new_kv_only.js";
 import { GraphBuilder } from "./graph_builder.js";
 import { DataType, type AttributeDef, type ExternalRange, type GraphDef, type ValueInfoDef } from "./onnx_model.js";
 import type { Deferred } from "./protobuf.js";
@@ -102,6 +108,17 @@ export interface GraphStyle {
   fused_norms: boolean;
   /** Rows of the cos/sin tables the contrib attention ops read (the positions the graph can address). */
   rotary_table_length: number;
+  /** Whether presents can be the new tokens alone, for a cache written in place (see the header). */
+  new_kv_only: boolean;
+}
+
+/**
+ * Whether a graph of this spec and style can serve a cache written in place: positions must come from
+ * `position_ids`, since slot indices in a fixed buffer are not the tokens' slots in the stream (which ALiBi
+ * distances, sliding windows and position-less RoPE graphs read).
+ */
+export function canReturnNewKvOnly(spec: DecoderSpec, style: Pick<GraphStyle, "position_ids" | "attention" | "use_cache_branch">): boolean {
+  return spec.positions.kind !== "alibi" && style.position_ids && !spec.sliding_window && style.attention === "standard" && !style.use_cache_branch;
 }
 
 export type AttentionOps = "standard" | "MultiHeadAttention" | "GroupQueryAttention";
@@ -127,6 +144,10 @@ class DecoderGraph {
   private readonly halfBiases = new Map<string, string>();
   private readonly quantizedInputs = new Map<string, { codes: string; scale: string; zeroPoint: string }>();
   private gqaLengths?: { seqlens_k: string; total: string };
+  /** new_kv_only graphs: where the past's slots end in the scores, and whether to return new-only presents. */
+  private slotSplit?: { pastEnd: string; newKvOnly: string };
+  /** new_kv_only graphs: each layer's new keys and values, in the cache's type, for presentsOfEitherKind. */
+  private readonly newKv: { past: string; present: string; stored: string }[] = [];
 
   constructor(
     private readonly spec: DecoderSpec,
@@ -150,6 +171,9 @@ class DecoderGraph {
       if (style.attention === "GroupQueryAttention" && spec.sliding_window) {
         throw new Error("graph: GroupQueryAttention graphs cannot apply a sliding window; export this model with attention \"standard\" or \"MultiHeadAttention\"");
       }
+    }
+    if (style.new_kv_only && !canReturnNewKvOnly(spec, style)) {
+      throw new Error("graph: new_kv_only needs standard attention, position_ids, no sliding window and no use_cache_branch");
     }
   }
 
@@ -181,6 +205,11 @@ class DecoderGraph {
         const presentDims = ["batch_size", num_kv_heads, "total_sequence_length", head_dim];
         outputs.push({ name: `present.${i}.${kind}`, elemType: kvType, dims: presentDims });
       }
+    }
+
+    if (this.style.new_kv_only) {
+      g.op("Identity", [g.int64([1], [])], NEW_KV_ONLY_OUTPUT);
+      outputs.push({ name: NEW_KV_ONLY_OUTPUT, elemType: DataType.INT64, dims: [] });
     }
 
     const pasts = this.style.use_cache_branch ? this.cacheBranch() : (name: string) => name;
@@ -222,6 +251,7 @@ class DecoderGraph {
       ? g.op("MatMul", [normed, g.op("Transpose", [embedTokens], "lm_head.tied_weight", [intsAttribute("perm", [1, 0])])], logitsName)
       : this.linear(normed, "lm_head.weight", logitsName);
     if (this.logitsDtype === "fp16") g.op("Cast", [logits], "logits", [intAttribute("to", DataType.FLOAT16)]);
+    if (this.style.new_kv_only) this.presentsOfEitherKind();
     return { name: "decoder", nodes: g.nodes, initializers: g.initializers, inputs, outputs };
   }
 
@@ -346,6 +376,29 @@ class DecoderGraph {
     return (past) => `${past}.chosen`;
   }
 
+  /**
+   * new_kv_only graphs: one If for all presents, on whether the mask asked for new-only ones: the new keys and
+   * values alone, or past + new as transformers.js expects.
+   */
+  private presentsOfEitherKind(): void {
+    const { g, spec } = this;
+    const kvType = this.kvDtype === "fp16" ? DataType.FLOAT16 : DataType.FLOAT;
+    const branch = (kind: "new" | "whole"): GraphDef => {
+      const b = new GraphBuilder<never>();
+      const outputs = this.newKv.map(({ past, present, stored }) => {
+        const output = `${present}.${kind}`;
+        if (kind === "new") b.op("Identity", [stored], output);
+        else b.op("Concat", [past, stored], output, [intAttribute("axis", 2)]);
+        return { name: output, elemType: kvType, dims: ["batch_size", spec.num_kv_heads, "present_sequence_length", spec.head_dim] };
+      });
+      return { name: `presents.${kind}`, nodes: b.nodes, initializers: [], inputs: [], outputs };
+    };
+    g.multiOutputOp("If", [this.slotSplit!.newKvOnly], this.newKv.map(({ present }) => present), [
+      { name: "then_branch", kind: "graph", value: branch("new") },
+      { name: "else_branch", kind: "graph", value: branch("whole") },
+    ]);
+  }
+
   /** The causal + padding mask bias, ALiBi bias and RoPE tables, computed once per forward. */
   private attentionInputs(takesPositions: boolean, pasts: (past: string) => string): AttentionInputs {
     const { g, spec } = this;
@@ -363,7 +416,10 @@ class DecoderGraph {
     };
 
     const causal = g.op("LessOrEqual", [slots.keyRow, slots.queryColumn], "attention.causal"); // [n, T]
-    const attended = g.op("Equal", ["attention_mask", one], "attention.attended"); // [B, T]
+    // 1 attends; NEW_TOKEN_MASK_VALUE also attends, and asks for new-only presents (new_kv_only graphs).
+    const attended = this.style.new_kv_only
+      ? g.op("GreaterOrEqual", ["attention_mask", one], "attention.attended")
+      : g.op("Equal", ["attention_mask", one], "attention.attended"); // [B, T]
     const attended4d = this.unsqueeze(attended, [1, 2], "attention.attended.4d"); // [B, 1, 1, T]
     const allowed = g.op("And", [causal, attended4d], "attention.allowed"); // [B, 1, n, T]
     const blocked = g.float32([MASKED_SCORE], []);
@@ -385,6 +441,13 @@ class DecoderGraph {
     }
     if (!takesPositions) this.positionIds = this.unsqueeze(slots.querySlots, [0], "attention.query_slots.positions"); // [1, n]
     const standardRope = positions.kind === "rope" && this.style.attention === "standard";
+    if (this.style.new_kv_only) {
+      const maskMax = g.op("ReduceMax", ["attention_mask"], "attention.mask_max", [intAttribute("keepdims", 0)]);
+      this.slotSplit = {
+        pastEnd: this.unsqueeze(pastLength, [0], "attention.past_end"),
+        newKvOnly: g.op("Equal", [maskMax, g.int64([NEW_TOKEN_MASK_VALUE], [])], "attention.new_kv_only"),
+      };
+    }
     return { bias, slidingBias, rotary: standardRope ? this.rotaryTables(positions.rope) : undefined };
   }
 
@@ -509,8 +572,6 @@ class DecoderGraph {
       const stored = g.op("Concat", [past, half], present, axis2);
       return g.op("Cast", [stored], `${prefix}.${kind}.cached`, [intAttribute("to", DataType.FLOAT)]);
     };
-    const allKeys = cached("key", keys);
-    const allValues = cached("value", values);
 
     // GQA without copying keys: the query heads sharing a KV head are stacked along the sequence axis
     // ([B, H, n, D] -> [B, kvH, group * n, D]), so one MatMul per KV head serves its whole group.
@@ -519,15 +580,46 @@ class DecoderGraph {
       grouped ? g.op("Reshape", [value, g.int64(shape)], output) : value;
     const scaled = g.op("Mul", [queries, g.float32([1 / Math.sqrt(headDim)], [])], `${prefix}.q.scaled`);
     const groupedQueries = regroup(scaled, [0, kvHeads, -1, headDim], `${prefix}.q.grouped`);
-    const keysTransposed = g.op("Transpose", [allKeys], `${prefix}.k.transposed`, [
-      intsAttribute("perm", [0, 1, 3, 2]),
-    ]);
-    const groupedScores = g.op("MatMul", [groupedQueries, keysTransposed], `${prefix}.scores.grouped`);
-    const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
-    const biased = g.op("Add", [scores, bias], `${prefix}.scores.biased`);
-    const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
-    const groupedProbabilities = regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`);
-    const groupedContext = g.op("MatMul", [groupedProbabilities, allValues], `${prefix}.context.grouped`);
+    const scoresWith = (keysOf: string, transposed: string, output: string) =>
+      g.op("MatMul", [groupedQueries, g.op("Transpose", [keysOf], transposed, [intsAttribute("perm", [0, 1, 3, 2])])], output);
+    const attend = (groupedScores: string, withValues: (probabilities: string) => string) => {
+      const scores = regroup(groupedScores, [0, heads, -1, 0], `${prefix}.scores`);
+      const biased = g.op("Add", [scores, bias], `${prefix}.scores.biased`);
+      const probabilities = g.op("Softmax", [biased], `${prefix}.probabilities`, [intAttribute("axis", -1)]);
+      return withValues(regroup(probabilities, [0, kvHeads, -1, 0], `${prefix}.probabilities.grouped`));
+    };
+    let groupedContext: string;
+    if (!this.style.new_kv_only) {
+      const allKeys = cached("key", keys);
+      const allValues = cached("value", values);
+      groupedContext = attend(scoresWith(allKeys, `${prefix}.k.transposed`, `${prefix}.scores.grouped`), (p) => g.op("MatMul", [p, allValues], `${prefix}.context.grouped`));
+    } else {
+      // Past and new slots apart: the scores [.., P + n] are concatenated instead of the keys, so the past is
+      // only read. The presents are chosen once for all layers (presentsOfEitherKind).
+      const asFloat32 = (value: string, output: string) =>
+        this.kvDtype === "fp32" ? value : g.op("Cast", [value], output, [intAttribute("to", DataType.FLOAT)]);
+      const pastKeys = asFloat32(`past_key_values.${index}.key`, `${prefix}.past_key.float32`);
+      const pastValues = asFloat32(`past_key_values.${index}.value`, `${prefix}.past_value.float32`);
+      const fresh = (kind: "key" | "value", value: string) => {
+        const stored = this.kvDtype === "fp32" ? value : g.op("Cast", [value], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+        this.newKv.push({ past: `past_key_values.${index}.${kind}`, present: `present.${index}.${kind}`, stored });
+        return asFloat32(stored, `${prefix}.new_${kind}.float32`);
+      };
+      const newKeys = fresh("key", keys);
+      const newValues = fresh("value", values);
+      const pastScores = scoresWith(pastKeys, `${prefix}.k.transposed`, `${prefix}.scores.past`);
+      const newScores = scoresWith(newKeys, `${prefix}.new_k.transposed`, `${prefix}.scores.new`);
+      const scores = g.op("Concat", [pastScores, newScores], `${prefix}.scores.grouped`, [intAttribute("axis", 3)]);
+      groupedContext = attend(scores, (p) => {
+        const { pastEnd } = this.slotSplit!;
+        const axis = g.int64([3]);
+        const pastPart = g.op("Slice", [p, g.int64([0]), pastEnd, axis], `${prefix}.probabilities.past`);
+        const newPart = g.op("Slice", [p, pastEnd, g.int64([Number.MAX_SAFE_INTEGER]), axis], `${prefix}.probabilities.new`);
+        const fromPast = g.op("MatMul", [pastPart, pastValues], `${prefix}.context.past`);
+        const fromNew = g.op("MatMul", [newPart, newValues], `${prefix}.context.new`);
+        return g.op("Add", [fromPast, fromNew], `${prefix}.context.grouped`);
+      });
+    }
     const context = regroup(groupedContext, [0, heads, -1, headDim], `${prefix}.context`);
     const byToken = g.op("Transpose", [context], `${prefix}.context.by_token`, [intsAttribute("perm", [0, 2, 1, 3])]);
     const merged = g.op("Reshape", [byToken, g.int64([0, 0, heads * headDim])], `${prefix}.context.merged`);

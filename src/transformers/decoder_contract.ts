@@ -8,10 +8,12 @@ import type { PreTrainedModel } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import type { KvType } from "../cache/kv_data.js";
 import { SinkCacheError } from "../cache/sink_cache.js";
+import { NEW_KV_ONLY_OUTPUT } from "../onnx/new_kv_only.js";
 
 /** The part of an onnxruntime InferenceSession the package uses. */
 export interface DecoderSession {
   readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
   readonly inputMetadata?: readonly { readonly name: string; readonly type?: string; readonly shape?: readonly (number | string)[] }[];
   run(feeds: Record<string, OrtTensor>): Promise<Record<string, OrtTensor>>;
 }
@@ -47,6 +49,11 @@ export function decoderInputs(session: DecoderSession): DecoderInputs {
     takes_cache_branch: inputs.has("use_cache_branch"),
     num_layers,
   };
+}
+
+/** Whether the graph can return only the new tokens' keys and values, for a cache written in place. */
+export function returnsNewKvOnly(session: DecoderSession): boolean {
+  return session.outputNames.includes(NEW_KV_ONLY_OUTPUT);
 }
 
 /** The session of a decoder-only transformers.js model. */

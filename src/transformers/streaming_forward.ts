@@ -11,7 +11,7 @@ import { SinkCacheError, SinkCacheState, type CacheLayout, type SinkCacheSnapsho
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
-import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, returnsNewKvOnly, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
@@ -57,7 +57,13 @@ export class StreamingDecoder {
     checkCacheGeometry(geometry, session);
     this.settings = settings;
     this.rule = rule;
-    this.layout = { num_layers: geometry.num_layers, num_kv_heads: geometry.num_kv_heads, head_dim: geometry.head_dim, kv_type: kvType(session) };
+    this.layout = {
+      num_layers: geometry.num_layers,
+      num_kv_heads: geometry.num_kv_heads,
+      head_dim: geometry.head_dim,
+      kv_type: kvType(session),
+      new_kv_only: returnsNewKvOnly(session),
+    };
     this.signature = JSON.stringify([settings, this.layout.num_layers, this.layout.kv_type]);
     this.keyNames = Array.from({ length: this.layout.num_layers }, (_, i) => pastName(i, "key"));
     this.valueNames = Array.from({ length: this.layout.num_layers }, (_, i) => pastName(i, "value"));
