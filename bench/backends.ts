@@ -1,19 +1,20 @@
 /**
- * The two backends side by side on the same weights, in one process: onnxruntime (transformers.js) and
- * llama.cpp (node-llama-cpp), both streaming with attention sinks through the package's StreamingBackend.
+ * The package against llama.cpp and plain transformers.js on the same weights, in one process: decode and
+ * prefill speed at each thread count and cache size asked for.
  *
- *   npm run build && node dist/bench/backends.js [--threads 2 --sinks 4 --window 1020 --steps 64 --rounds 5 --prefill 1000 --eviction_interval 32]
+ *   npm run bench [-- --threads 1,2 --windows 1020,4092 --sinks 4 --steps 32 --rounds 5 --prefill 1000 --eviction_interval 32]
  *
  * The model is a random-weight Llama of about 26M parameters (hidden 512, 8 layers, vocab 2048), written by
  * the package's own converters as an ONNX directory and as a GGUF v3 file: speed depends on shapes, not on
- * weights. Measured, in interleaved blocks (each round runs one block per engine, so drifts in machine load
- * hit every engine alike):
- * - decode ms/token in steady state: the cache full (sink + window), every token evicting one;
- * - llama.cpp evicting `--eviction_interval` tokens at a time (one K-shift per that many tokens);
- * - llama.cpp decoding at the same mean cache length without evicting (a dense cache with room to spare),
- *   which isolates what its per-token eviction (the K-shift) costs;
- * - prefill tokens/s: `--prefill` tokens fed at once into an empty cache.
- * Printed: the median of each engine's blocks, and the median over rounds of each round's ratio.
+ * weights. Engines, all through the package's StreamingBackend:
+ * - attention-sinks on onnxruntime (transformers.js), sink + window, evicting every token;
+ * - plain transformers.js on the same ONNX directory, its full cache, at the sink cache's length;
+ * - llama.cpp (node-llama-cpp, f32 KV, flash attention off) with attention sinks, evicting every token (one
+ *   K-shift per token), evicting `--eviction_interval` tokens at a time, and dense at the same cache length
+ *   (which isolates what its per-token K-shift costs).
+ * Measured in interleaved blocks (each round runs one block per engine, so drifts in machine load hit every
+ * engine alike): decode ms/token with the cache full, and prefill tokens/s of `--prefill` tokens into an empty
+ * cache. Printed: the median of each engine's blocks, and the median over rounds of each round's ratio.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -36,19 +37,19 @@ import { benchmarkDecoderSpec } from "./decoder_spec.js";
 
 const { values: flags } = parseArgs({
   options: {
-    threads: { type: "string", default: "2" },
+    threads: { type: "string", default: "1,2" },
     sinks: { type: "string", default: "4" },
-    window: { type: "string", default: "1020" },
+    windows: { type: "string", default: "1020,4092" },
     steps: { type: "string", default: "64" },
     rounds: { type: "string", default: "5" },
     prefill: { type: "string", default: "1000" },
     eviction_interval: { type: "string", default: "32" },
   },
 });
-const THREADS = Number(flags.threads);
+const list = (text: string) => text.split(",").map(Number);
+const THREADS = list(flags.threads);
 const SINKS = Number(flags.sinks);
-const WINDOW = Number(flags.window);
-const CAPACITY = SINKS + WINDOW;
+const WINDOWS = list(flags.windows);
 const STEPS = Number(flags.steps);
 const ROUNDS = Number(flags.rounds);
 const PREFILL = Number(flags.prefill);
@@ -116,61 +117,89 @@ function row(name: string, values: number[], unit: string, digits = 2): string {
   return `| ${name} | ${median(values).toFixed(digits)} ${unit} | ${Math.min(...values).toFixed(digits)} - ${Math.max(...values).toFixed(digits)} |`;
 }
 
+interface Measured {
+  threads: number;
+  capacity: number;
+  decode: number[][];
+  prefill: number[][];
+}
+
+const DECODE_ENGINES = [
+  "attention-sinks (onnxruntime), evicting every token",
+  "plain transformers.js (onnxruntime), full cache",
+  "llama.cpp, attention sinks, evicting every token",
+  `llama.cpp, attention sinks, evicting ${EVICTION_INTERVAL} tokens at a time`,
+  "llama.cpp, no eviction (dense)",
+] as const;
+const PREFILL_ENGINES = [DECODE_ENGINES[0], DECODE_ENGINES[2]] as const;
+
+/** Every engine at one thread count and cache size. */
+async function measure(dir: string, threads: number, window: number): Promise<Measured> {
+  const capacity = SINKS + window;
+  const sizes = { attention_sink_size: SINKS, attention_sink_window_size: window, threads };
+  // Dense caches grow by every block: they start short so that their mean length is the sink cache's.
+  const denseStart = capacity - (ROUNDS * STEPS) / 2 - 8;
+  const dense = { experiment: "transformers" as const, context_size: capacity + 16 + ROUNDS * STEPS, threads };
+  const onnx: Awaited<ReturnType<typeof loadTransformersBackend>>[] = [];
+  const llama: LlamaCppStream[] = [];
+  try {
+    onnx.push(await loadTransformersBackend(join(dir, "onnx-model"), sizes));
+    onnx.push(await loadTransformersBackend(join(dir, "onnx-model"), dense));
+    llama.push(await loadLlamaCppBackend(join(dir, "model.gguf"), sizes));
+    llama.push(await loadLlamaCppBackend(join(dir, "model.gguf"), { ...sizes, attention_sink_eviction_interval: EVICTION_INTERVAL }));
+    llama.push(await loadLlamaCppBackend(join(dir, "model.gguf"), dense));
+    const engines: StreamingBackend[] = [...onnx, ...llama];
+    const isDense = (e: number) => e === 1 || e === 4;
+    for (const [e, stream] of engines.entries()) await warm(stream, isDense(e) ? denseStart : capacity);
+    const decode = engines.map(() => [] as number[]);
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [e, stream] of engines.entries()) decode[e].push(await decodeBlock(stream, STEPS, round * STEPS));
+    }
+    const prefillStreams = [engines[0], engines[2]];
+    const prefill = prefillStreams.map(() => [] as number[]);
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [e, stream] of prefillStreams.entries()) prefill[e].push(await prefillOnce(stream, round));
+    }
+    return { threads, capacity, decode, prefill };
+  } finally {
+    for (const stream of llama) await stream.dispose();
+    for (const stream of onnx) await stream.model.dispose();
+  }
+}
+
+function report(m: Measured): string {
+  const ratio = (a: number[], b: number[]) => median(a.map((value, i) => value / b[i])).toFixed(2);
+  const [sinks, plain, llamaSinks, , llamaDense] = m.decode;
+  let text = `\n${m.threads} thread(s), cache ${SINKS} + ${m.capacity - SINKS}\n\ndecode, ${ROUNDS} interleaved blocks of ${STEPS} tokens\n| engine | median | range |\n|---|---|---|\n`;
+  for (const [e, name] of DECODE_ENGINES.entries()) text += `${row(name, m.decode[e], "ms/token")}\n`;
+  text += `\nprefill of ${PREFILL} tokens into an empty cache, ${ROUNDS} interleaved runs\n| engine | median | range |\n|---|---|---|\n`;
+  for (const [e, name] of PREFILL_ENGINES.entries()) text += `${row(name, m.prefill[e], "tokens/s", 0)}\n`;
+  return (
+    text +
+    `\nratios (median over rounds):\n` +
+    `  decode, attention-sinks / llama.cpp with attention sinks: ${ratio(sinks, llamaSinks)}\n` +
+    `  decode, attention-sinks / llama.cpp dense: ${ratio(sinks, llamaDense)}\n` +
+    `  decode, attention-sinks / plain transformers.js: ${ratio(sinks, plain)}\n` +
+    `  decode, llama.cpp evicting every token / llama.cpp dense (the K-shift's cost): ${ratio(llamaSinks, llamaDense)}\n` +
+    `  prefill, attention-sinks / llama.cpp: ${ratio(m.prefill[0], m.prefill[1])}\n`
+  );
+}
+
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "attention-sinks-bench-backends-"));
-  let llamaSinks: LlamaCppStream | undefined;
-  let llamaBlocks: LlamaCppStream | undefined;
-  let llamaDense: LlamaCppStream | undefined;
   try {
     const checkpoint = randomCheckpoint();
     const parameters = [...weightShapes(spec).values()].reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
     await writeModelDirectory(checkpoint, join(dir, "onnx-model"));
     writeLlamaGguf(checkpoint, join(dir, "model.gguf"));
-    const sizes = { attention_sink_size: SINKS, attention_sink_window_size: WINDOW, threads: THREADS };
-    const onnx = await loadTransformersBackend(join(dir, "onnx-model"), sizes);
-    llamaSinks = await loadLlamaCppBackend(join(dir, "model.gguf"), sizes);
-    llamaBlocks = await loadLlamaCppBackend(join(dir, "model.gguf"), { ...sizes, attention_sink_eviction_interval: EVICTION_INTERVAL });
-    // Dense, with room for every token the blocks add: decoding at the same cache length, never evicting.
-    llamaDense = await loadLlamaCppBackend(join(dir, "model.gguf"), { experiment: "transformers", context_size: CAPACITY + 16 + ROUNDS * STEPS, threads: THREADS });
-    const engines: [string, StreamingBackend][] = [
-      ["onnxruntime, sinks (evicting every token)", onnx],
-      ["llama.cpp, sinks (evicting every token)", llamaSinks],
-      [`llama.cpp, sinks (evicting ${EVICTION_INTERVAL} tokens at a time)`, llamaBlocks],
-      ["llama.cpp, no eviction (dense)", llamaDense],
-    ];
-
     process.stdout.write(
-      `random Llama, ${(parameters / 1e6).toFixed(1)}M parameters (hidden ${spec.hidden_size}, ${spec.num_layers} layers, vocab ${spec.vocab_size}), f32 weights and KV, ` +
-        `${THREADS} thread(s), cache ${SINKS} + ${WINDOW}; node-llama-cpp ${NODE_LLAMA_CPP_VERSION}, flash attention off\n`,
+      `random Llama, ${(parameters / 1e6).toFixed(1)}M parameters (hidden ${spec.hidden_size}, ${spec.num_layers} layers, vocab ${spec.vocab_size}), f32 weights and KV; ` +
+        `node-llama-cpp ${NODE_LLAMA_CPP_VERSION}, flash attention off\n`,
     );
-    // The dense cache grows by every block: it starts short so that its mean length is the sink cache's.
-    for (const [, stream] of engines) await warm(stream, stream === llamaDense ? CAPACITY - (ROUNDS * STEPS) / 2 - 8 : CAPACITY);
-    const decode = engines.map(() => [] as number[]);
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const [e, [, stream]] of engines.entries()) decode[e].push(await decodeBlock(stream, STEPS, round * STEPS));
+    for (const threads of THREADS) {
+      for (const window of WINDOWS) process.stdout.write(report(await measure(dir, threads, window)));
     }
-    const prefillEngines = engines.slice(0, 2);
-    const prefill = prefillEngines.map(() => [] as number[]);
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const [e, [, stream]] of prefillEngines.entries()) prefill[e].push(await prefillOnce(stream, round));
-    }
-
-    const ratios = (a: number[], b: number[]) => a.map((value, i) => value / b[i]);
-    process.stdout.write(`\ndecode at a full cache, ${ROUNDS} interleaved blocks of ${STEPS} tokens\n| engine | median | range |\n|---|---|---|\n`);
-    for (const [e, [name]] of engines.entries()) process.stdout.write(`${row(name, decode[e], "ms/token")}\n`);
-    process.stdout.write(`\nprefill of ${PREFILL} tokens into an empty cache, ${ROUNDS} interleaved runs\n| engine | median | range |\n|---|---|---|\n`);
-    for (const [e, [name]] of prefillEngines.entries()) process.stdout.write(`${row(name, prefill[e], "tokens/s", 0)}\n`);
-    process.stdout.write(
-      `\nratios (median over rounds):\n` +
-        `  decode, onnxruntime / llama.cpp (both evicting): ${median(ratios(decode[0], decode[1])).toFixed(2)}\n` +
-        `  decode, llama.cpp evicting every token / llama.cpp dense (the K-shift's cost): ${median(ratios(decode[1], decode[3])).toFixed(2)}\n` +
-        `  decode, llama.cpp evicting ${EVICTION_INTERVAL} at a time / llama.cpp dense: ${median(ratios(decode[2], decode[3])).toFixed(2)}\n` +
-        `  prefill, onnxruntime / llama.cpp: ${median(ratios(prefill[0], prefill[1])).toFixed(2)}\n`,
-    );
   } finally {
-    await llamaSinks?.dispose();
-    await llamaBlocks?.dispose();
-    await llamaDense?.dispose();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -1,7 +1,7 @@
 /**
  * Speed and memory of the sink cache against plain transformers.js, on one model in one process.
  *
- *   npm run bench [-- --tokens 20000 --prompt_tokens 100000 --window 1020 --steps 256 --attention standard]
+ *   npm run bench:memory [-- --tokens 20000 --prompt_tokens 100000 --window 1020 --steps 256 --attention standard]
  *
  * The model is a random-weight Llama-architecture decoder of about 26M parameters (hidden 512, 7 layers,
  * vocab 8192), exported by the package's own graph builder: speed depends on shapes, not on weights.
