@@ -9,7 +9,8 @@ import { pathToFileURL } from "node:url";
 import { Tensor, type PreTrainedModel } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import { tokenNll } from "../src/perplexity/evaluate.js";
-import { decoderSession, type DecoderSession } from "../src/transformers/decoder_contract.js";
+import { NEW_TOKEN_MASK_VALUE } from "../src/onnx/new_kv_only.js";
+import { decoderSession, returnsNewKvOnly, type DecoderSession } from "../src/transformers/decoder_contract.js";
 import { DenseStream, loadTransformersBackend } from "../src/transformers/backend.js";
 import { median } from "./stats.js";
 
@@ -79,7 +80,8 @@ export async function compareStepTime(options: StepTimeOptions): Promise<StepTim
 
 /**
  * A forward pass of the model's onnxruntime session alone: one new token after the keys and values of all
- * but the last of `context` (computed once), so each pass attends to `context.length` tokens.
+ * but the last of `context` (computed once), so each pass attends to `context.length` tokens. Graphs that can
+ * return the new keys and values alone are run so, their cheapest pass.
  */
 async function bareForward(model: PreTrainedModel, context: readonly number[]): Promise<(token: number) => Promise<void>> {
   const session: DecoderSession = decoderSession(model);
@@ -87,7 +89,7 @@ async function bareForward(model: PreTrainedModel, context: readonly number[]): 
   const prefill = (await model.forward({ input_ids: int64(past), attention_mask: int64(past.map(() => 1)), past_key_values: null })) as Record<string, Tensor>;
   const feeds: Record<string, OrtTensor> = {};
   const fixed: Record<string, Tensor> = {
-    attention_mask: int64(context.map(() => 1)),
+    attention_mask: int64(context.map((_, i) => (i === past.length && returnsNewKvOnly(session) ? NEW_TOKEN_MASK_VALUE : 1))),
     position_ids: int64([past.length]),
     num_logits_to_keep: new Tensor("int64", BigInt64Array.of(1n), []),
     use_cache_branch: new Tensor("bool", [true], [1]),
