@@ -6,8 +6,8 @@
  * - The compaction rotation: the window's keys rotated back by the evicted count (input: the key buffer,
  *   with `start`/`length` picking the window's slots out of it).
  *
- * Either output is a fresh tensor [rows, slots, head_dim]; moving its rows into the cache buffer is a plain
- * copy. The result matches `KeyRotation.apply` (and `rotateRows` for float16) to float32 precision: see
+ * Either output is a fresh tensor of just the rotated slots, [rows, slots, head_dim]; moving its rows into
+ * the cache buffer is a plain copy. The result matches `KeyRotation.apply` (and `rotateRows` for float16) to float32 precision: see
  * `keyRotationGraph` for how the angles are computed and how far the results may differ.
  */
 import type { KvType } from "../cache/kv_data.js";
@@ -17,14 +17,17 @@ import { DataType, encodeModel, type AttributeDef, type GraphDef, type ValueInfo
 
 /** Input and output names of the key rotation graphs. */
 export const KEY_ROTATION_IO = {
-  /** [rows, slots, head_dim] in the KV type: rows are independent head vectors (e.g. batch * kv_heads). */
+  /**
+   * [rows, slots, head_dim] in the KV type. Rows are independent (batch * kv_heads, or layers * that when
+   * several layers' keys share one buffer); every slot of every row turns by the same distance.
+   */
   keys: "keys",
   /** int64 scalar: positions to rotate by, negative to rotate back. */
   distance: "distance",
-  /** int64 scalars of the slice variant: the first slot to rotate and how many. */
+  /** int64 scalars of the slice variant: the first slot to rotate and how many (within the buffer's slots). */
   start: "start",
   length: "length",
-  /** [rows, slots or length, head_dim] in the KV type. */
+  /** [rows, slots (or `length`), head_dim] in the KV type. */
   rotated: "rotated",
 } as const;
 
@@ -137,7 +140,7 @@ export function keyRotationGraph(options: KeyRotationGraphOptions): GraphDef {
   }
   if (passing !== undefined) g.op("Concat", [result, passing], rotated, [intAttribute("axis", 2)]);
 
-  const slots = options.slice ? "length" : "slots";
+  const slots = options.slice ? "slice_length" : "slots";
   const inputs: ValueInfoDef[] = [
     { name: keys, elemType: kvType, dims: ["rows", "slots", headDim] },
     { name: distance, elemType: DataType.INT64, dims: [] },
