@@ -17,7 +17,7 @@ import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
 import { rotateRows } from "../src/cache/kv_data.js";
 import { float16ToFloat32Table, float32ToFloat16Bits } from "../src/onnx/float16.js";
-import { KEY_ROTATION_EXACT_DISTANCE, buildKeyRotationOnnx, frequencyParts, type KeyRotationGraphOptions } from "../src/onnx/key_rotation_graph.js";
+import { KEY_ROTATION_MAX_DISTANCE, buildKeyRotationOnnx, frequencyParts, type KeyRotationGraphOptions } from "../src/onnx/key_rotation_graph.js";
 import { KeyRotation, ropeInverseFrequencies, type RopeSpec } from "../src/positions/rope.js";
 import { gaussian, seededRandom } from "./support/random.js";
 
@@ -49,8 +49,8 @@ const SPECS: Record<string, RopeSpec> = {
   },
 };
 
-/** Short and long, both signs, and the largest distance reduced exactly. */
-const DISTANCES = [1, -1, 7, -5, 300, -1023, 4096, -8191, 70001, -131071, KEY_ROTATION_EXACT_DISTANCE, -KEY_ROTATION_EXACT_DISTANCE];
+/** Short and long, both signs, either side of the distance's 12-bit split, up to the largest supported. */
+const DISTANCES = [1, -1, 7, -5, 300, -1023, 4095, 4096, -4097, -8191, 70001, -131071, 524289, -4194309, KEY_ROTATION_MAX_DISTANCE - 1, -KEY_ROTATION_MAX_DISTANCE];
 
 function randomKeys(seed: number, length: number): Float32Array {
   const next = seededRandom(seed);
@@ -256,23 +256,30 @@ describe("key rotation graphs against the CPU rotation", () => {
     assert.ok(error <= 2 * FLOAT32_TOLERANCE, `round trip error ${error}`);
   });
 
-  it("splits every frequency into parts a distance below 2^18 multiplies exactly", () => {
+  it("splits every frequency into parts that 12-bit distance pieces multiply exactly", () => {
+    // The pieces' extremes: the low piece below 2^12, the high one a 12-bit multiple of 2^12.
+    const pieces = [4095, 4095 * 4096, KEY_ROTATION_MAX_DISTANCE];
     let checked = 0;
     for (const spec of Object.values(SPECS)) {
       for (const frequency of ropeInverseFrequencies(spec)) {
         const turns = frequency / (2 * Math.PI);
         const parts = frequencyParts(turns);
-        assert.ok(Math.abs(parts.reduce((a, b) => a + b, 0) - turns) <= 2 ** -24 * Math.abs(parts[parts.length - 1]) + 2 ** -60 * turns);
+        const rest = parts[parts.length - 1];
+        assert.ok(Math.abs(parts.reduce((a, b) => a + b, 0) - turns) <= 2 ** -24 * Math.abs(rest) + 2 ** -52 * turns);
+        // The rest is small enough that its rounded product with the largest distance is within 2^-26 turns.
+        assert.ok(KEY_ROTATION_MAX_DISTANCE * Math.abs(rest) * 2 ** -24 <= 2 ** -26, `rest ${rest} of ${turns}`);
         for (const part of parts) assert.equal(Math.fround(part), part);
         for (const part of parts.slice(0, -1)) {
-          // Exact in float32: the float64 product (exact here) survives rounding to float32.
-          const product = KEY_ROTATION_EXACT_DISTANCE * part;
-          assert.equal(Math.fround(product), product, `${KEY_ROTATION_EXACT_DISTANCE} * ${part}`);
-          checked++;
+          for (const piece of pieces) {
+            // Exact in float32: the float64 product (exact here) survives rounding to float32.
+            const product = piece * part;
+            assert.equal(Math.fround(product), product, `${piece} * ${part}`);
+            checked++;
+          }
         }
       }
     }
-    assert.ok(checked > 100);
+    assert.ok(checked > 300);
   });
 });
 

@@ -32,15 +32,15 @@ export const KEY_ROTATION_IO = {
 } as const;
 
 /**
- * The largest |distance| whose angles are reduced exactly (see `keyRotationGraph`); beyond it each doubling
- * of the distance costs about one bit of the angle. Sink-cache distances stay below the cache's slot count.
+ * The largest |distance| the graphs rotate by as `KeyRotation` does: 2^24, up to which the distance is exact
+ * in float32 (past it, it rounds, and so does the angle).
  */
-export const KEY_ROTATION_EXACT_DISTANCE = 2 ** 18 - 1;
+export const KEY_ROTATION_MAX_DISTANCE = 2 ** 24;
 
-/** Significant bits of each exact part of the frequencies: 24 (float32) minus the bits of the distance. */
-const PART_BITS = 6;
-/** Parts: three exact ones of PART_BITS bits, and the float32 rest. */
-const PARTS = 4;
+/** Significant bits of each distance piece and each exact frequency part: half of float32's 24. */
+const PART_BITS = 12;
+/** Frequency parts: two exact ones of PART_BITS bits, and the float32 rest. */
+const PARTS = 3;
 
 export interface KeyRotationGraphOptions {
   /** The rotation cached keys carry, as the slot rule holds it (frequencies as the model's graph uses them). */
@@ -64,16 +64,17 @@ const intAttribute = (name: string, value: number): AttributeDef => ({ name, kin
  *
  * Angles. `KeyRotation` takes cos/sin of distance * inverse_frequency in float64. In float32 that product
  * alone would be off by up to half an ulp of the angle (2.4e-4 rad at 4096 positions), so the graph reduces
- * it exactly instead: each frequency over 2π, in turns, is split at build time into three parts of 6
- * significant bits and a float32 rest. An integer distance below 2^18 times a 6-bit part is exact in
- * float32, and so is taking its whole turns away (x - floor(x + 0.5)); only the small rest and the sums of
- * the reduced parts (each below one turn) round. Every step is exact or correctly rounded float32
+ * it exactly instead: each frequency over 2π, in turns, is split at build time into two parts of 12
+ * significant bits and a float32 rest, and the distance in the graph into two 12-bit pieces. A piece times
+ * a 12-bit part is exact in float32, and so is taking its whole turns away (x - floor(x + 0.5)); only the
+ * two small products with the rest and the sums of the reduced terms (each within a turn) round. This holds
+ * for every |distance| up to KEY_ROTATION_MAX_DISTANCE (2^24). Every step is exact or correctly rounded float32
  * arithmetic, so nothing relies on the provider keeping extra precision, only on its Cos and Sin on [-π, π]
  * (onnxruntime's CPU kernels are within a few ulps there; WGSL itself only promises 2^-11 absolute).
  *
  * Differences from `KeyRotation`: the angle is a few 1e-7 rad off its float64 value, and the pair
  * arithmetic is float32 (each product rounded) where the CPU works in float64 and rounds once. With
- * onnxruntime's CPU provider, every rotated value is within 3.7e-7 of its pair's magnitude (sqrt(x² + y²))
+ * onnxruntime's CPU provider, every rotated value is within 4.7e-7 of its pair's magnitude (sqrt(x² + y²))
  * of the CPU's. Where x*cos and y*sin cancel that is a large error relative to the value itself; float16
  * caches mostly round both to the same bits, rarely one ulp apart, and several ulps only for such values.
  */
@@ -173,7 +174,9 @@ export function buildKeyRotationOnnx(options: KeyRotationGraphOptions): Uint8Arr
 
 /**
  * cos and sin [half] of distance * frequency, with the angle reduced exactly (see `keyRotationGraph`).
- * Turns are frequency / 2π; `frequencyParts` splits them so that every product but the last is exact.
+ * In turns (frequency / 2π), the distance is split into a high and a low piece of 12 significant bits and
+ * each frequency into two 12-bit parts and a float32 rest (`frequencyParts`): every piece times a 12-bit
+ * part is exact in float32, and only the two products with the rest round.
  */
 function angleTables(g: GraphBuilder<never>, frequencies: Float32Array): { cos: string; sin: string } {
   const half = frequencies.length;
@@ -181,26 +184,39 @@ function angleTables(g: GraphBuilder<never>, frequencies: Float32Array): { cos: 
   for (let i = 0; i < half; i++) {
     frequencyParts(frequencies[i] / (2 * Math.PI)).forEach((part, k) => (parts[k][i] = part));
   }
+  // Exact for |distance| <= 2^24; high = floor(d / 2^12) * 2^12 and low = d - high in [0, 2^12) are exact too.
   const d = g.op("Cast", [KEY_ROTATION_IO.distance], "distance.float", [intAttribute("to", DataType.FLOAT)]);
+  const pieceScale = 2 ** PART_BITS;
+  const highCount = g.op("Floor", [g.op("Mul", [d, g.float32([1 / pieceScale], [])], "distance.scaled")], "distance.high_count");
+  const high = g.op("Mul", [highCount, g.float32([pieceScale], [])], "distance.high");
+  const low = g.op("Sub", [d, high], "distance.low");
+  const vector = (x: string) => g.op("Reshape", [x, g.int64([1])], `${x}.vector`);
+  const pieces = g.op("Concat", [vector(high), vector(low)], "distance.pieces", [intAttribute("axis", 0)]);
+
+  // The six products, coarse to fine, so that the sums of exact ones stay exact as long as they can.
+  const terms: readonly (readonly [piece: 0 | 1, part: number])[] = [[0, 0], [0, 1], [1, 0], [0, 2], [1, 1], [1, 2]];
+  const termPieces = g.op("Gather", [pieces, g.int64(terms.map(([piece]) => piece), [terms.length, 1])], "terms.pieces", [intAttribute("axis", 0)]);
+  const termParts = g.float32(terms.flatMap(([, part]) => parts[part]), [terms.length, half], "terms.turns_per_position");
   const halfTurn = g.float32([0.5], []);
-  /** x less its nearest whole number of turns: exact, because |result| <= 1/2 shares x's last bit. */
+  /** x less a whole number of turns near it: exact (|result| <= 1 shares x's last bit), and within half a turn while |x| < 2^22. */
   const fraction = (x: string, name: string) =>
     g.op("Sub", [x, g.op("Floor", [g.op("Add", [x, halfTurn], `${name}.plus_half`)], `${name}.whole`)], name);
-  let turns = "";
-  for (let k = 0; k < PARTS; k++) {
-    const product = g.op("Mul", [d, g.float32(parts[k], [half], `turns_per_position.part${k}`)], `turns.part${k}`);
-    const reduced = fraction(product, `turns.part${k}.fraction`);
-    // Two values of at most half a turn sum below one turn, so this add rounds by at most 2^-25 turns
-    // (often not at all); reducing again keeps the next sum below one turn too.
-    turns = k === 0 ? reduced : fraction(g.op("Add", [turns, reduced], `turns.sum${k}`), `turns.sum${k}.fraction`);
+  const reduced = fraction(g.op("Mul", [termPieces, termParts], "terms.turns"), "terms.fraction"); // [terms, half]
+  const termNames = terms.map((_, k) => `terms.fraction.${k}`);
+  g.multiOutputOp("Split", [reduced, g.int64(terms.map(() => 1))], termNames, [intAttribute("axis", 0)]);
+  let turns = termNames[0];
+  for (let k = 1; k < terms.length; k++) {
+    // Two values within a turn sum within two, so this add rounds by at most 2^-24 turns (mostly not at all);
+    // reducing again keeps the next sum as small.
+    turns = fraction(g.op("Add", [turns, termNames[k]], `turns.sum${k}`), `turns.sum${k}.fraction`);
   }
-  const angle = g.op("Mul", [turns, g.float32([2 * Math.PI], [])], "angle");
+  const angle = g.op("Mul", [g.op("Reshape", [turns, g.int64([half])], "turns"), g.float32([2 * Math.PI], [])], "angle");
   return { cos: g.op("Cos", [angle], "cos"), sin: g.op("Sin", [angle], "sin") };
 }
 
 /**
- * `turns` as PARTS float32 values summing to it: PARTS - 1 of PART_BITS significant bits each (so a
- * distance of up to 24 - PART_BITS bits times any of them is exact in float32), then the float32 rest.
+ * `turns` as PARTS float32 values summing to it: PARTS - 1 of PART_BITS significant bits each (so that a
+ * distance piece of PART_BITS bits times any of them is exact in float32), then the float32 rest.
  */
 export function frequencyParts(turns: number): number[] {
   const parts: number[] = [];
