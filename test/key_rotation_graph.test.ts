@@ -256,6 +256,17 @@ describe("key rotation graphs against the CPU rotation", () => {
     assert.ok(error <= 2 * FLOAT32_TOLERANCE, `round trip error ${error}`);
   });
 
+  it("refuses a rotary_dim that is odd or past head_dim, and frequencies that do not fit it", () => {
+    const spec = SPECS["rotate_half, partial rotary"];
+    const frequencies = ropeInverseFrequencies(spec);
+    const build = (change: Partial<RopeSpec>, inverse_frequencies = frequencies) =>
+      () => buildKeyRotationOnnx({ rotation: { spec: { ...spec, ...change }, inverse_frequencies }, kv_type: "float32" });
+    assert.throws(build({ rotary_dim: 15 }), /must be even/);
+    assert.throws(build({ rotary_dim: 80, head_dim: 64 }, new Float32Array(40)), /at most head_dim/);
+    assert.throws(build({}, frequencies.subarray(1)), /expected 8/);
+    assert.throws(build({}, Float32Array.from(frequencies, (f, i) => (i === 3 ? NaN : f))), /inverse frequency 3 is NaN/);
+  });
+
   it("splits every frequency into parts that 12-bit distance pieces multiply exactly", () => {
     // The pieces' extremes: the low piece below 2^12, the high one a 12-bit multiple of 2^12.
     const pieces = [4095, 4095 * 4096, KEY_ROTATION_MAX_DISTANCE];
