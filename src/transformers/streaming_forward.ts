@@ -6,7 +6,7 @@
 import { DynamicCache, Tensor } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import type { AttentionSinkOptions } from "../cache/options.js";
-import { decodeStateRecord, encodeStateRecord, StateRecordError } from "../backend/state_record.js";
+import { StateRecordError, type StateSections } from "../backend/state_sections.js";
 import { SinkCacheError, SinkCacheState, type CacheLayout, type SinkCacheSnapshot } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
@@ -15,7 +15,6 @@ import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, type 
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
-const STREAM_RECORD = "attention-sinks stream";
 const COUNTER_NAMES = ["batch", "attended", "evicted", "seen", "sinks_kept"] as const satisfies readonly (keyof SinkCacheSnapshot["counters"])[];
 
 /** Inputs of a streaming forward pass (transformers.js names). */
@@ -91,20 +90,21 @@ export class StreamingDecoder {
     return started;
   }
 
-  /** The whole state of a cache's stream as a record of constant size once the cache is full. */
-  snapshot(cache: DynamicCache): Uint8Array {
+  /** The whole state of a cache's stream, of constant size once the cache is full. */
+  save(cache: DynamicCache): StateSections {
     const stream = this.stream(cache);
     const { counters, keys, values, sink_keys } = stream.slots.save();
     const { lanes, fed, pending } = stream.transcript.save();
     // Counters go in a fixed-width section, not the JSON header, so the record's size does not grow with them.
     const numbers = Float64Array.from([...COUNTER_NAMES.map((name) => counters[name]), fed]);
     const header = { signature: this.signature, lanes: lanes !== null, pending: pending !== null };
-    return encodeStateRecord(STREAM_RECORD, header, [numbers, ...keys, ...values, ...sink_keys, ...(lanes ? [lanes] : []), ...(pending ? [pending] : [])]);
+    return { header, arrays: [numbers, ...keys, ...values, ...sink_keys, ...(lanes ? [lanes] : []), ...(pending ? [pending] : [])] };
   }
 
-  /** A new cache that continues the stream a {@link snapshot} of this decoder took. */
-  restore(state: Uint8Array): DynamicCache {
-    const { header, arrays } = decodeStateRecord(state, STREAM_RECORD);
+  /** A new cache that continues the stream a {@link save} of this decoder took. */
+  load(sections: StateSections): DynamicCache {
+    const { header } = sections;
+    const arrays = [...sections.arrays];
     if (header.signature !== this.signature) {
       throw new StateRecordError("the saved stream belongs to another model or other attention-sink settings");
     }
