@@ -11,7 +11,8 @@ import { SinkCacheError, SinkCacheState, type CacheLayout, type SinkCacheSnapsho
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
-import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { checkCacheGeometry, decoderInputs, kvType, pastName, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { receivePresents } from "./presents.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
@@ -199,15 +200,7 @@ export class StreamingDecoder {
     const ortFeeds: Record<string, OrtTensor> = {};
     for (const name in feeds) ortFeeds[name] = feeds[name].ort_tensor as OrtTensor;
     const outputs = await this.session.run(ortFeeds);
-    const keys: Tensor[] = [];
-    const values: Tensor[] = [];
-    for (let i = 0; i < this.layout.num_layers; i++) {
-      const key = outputs[presentName(i, "key")];
-      const value = outputs[presentName(i, "value")];
-      if (!key || !value) throw new SinkCacheError(`the model returned no present.${i}.key/value: it does not follow the transformers.js decoder contract`);
-      keys.push(new Tensor(key));
-      values.push(new Tensor(value));
-    }
+    const { keys, values } = await receivePresents(outputs, this.layout.num_layers);
     slots.finishForward(keys, values, n);
     return new Tensor(outputs.logits);
   }
