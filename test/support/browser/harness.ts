@@ -41,7 +41,7 @@ const OFFLINE_FLAGS = [
   "--disable-background-networking",
   "--disable-component-update",
   "--disable-sync",
-  "--disable-features=NetworkTimeServiceQuerying,PreconnectToSearch,NetworkPrediction,SearchPrefetchServicePrefetching",
+  "--disable-features=NetworkTimeServiceQuerying,PreconnectToSearch,NetworkPrediction,SearchPrefetchServicePrefetching,AutofillServerCommunication",
   "--dns-prefetch-disable",
   ...["gaia-url", "google-base-url", "gcm-checkin-url", "gcm-registration-url", "gcm-mcs-endpoint"].map((flag) => `--${flag}=${NOWHERE}`),
 ];
@@ -92,24 +92,42 @@ export interface OpenOptions {
   webgpu?: boolean;
 }
 
-/** Starts the server and Chromium, and opens the page. */
-export async function openPage(options: OpenOptions): Promise<BrowserPage> {
+export interface SiteServer {
+  /** http://127.0.0.1:PORT */
+  origin: string;
+  /** Every request the server answered (paths), in order. */
+  served: string[];
+  /** Every request that tried to leave 127.0.0.1 through it as a proxy (URLs or CONNECT hosts). */
+  outside: string[];
+  close(): Promise<void>;
+}
+
+/** Serves a site on 127.0.0.1 (any free port unless `port` is given), logging every request. */
+export async function startSite(site: Site, port = 0): Promise<SiteServer> {
   const served: string[] = [];
   const outside: string[] = [];
-  const server = createServer((request, response) => answer(options.site, request, response, served, outside));
+  const server = createServer((request, response) => answer(site, request, response, served, outside));
   server.on("connect", (request, socket) => {
     outside.push(`CONNECT ${request.url}`);
     socket.end("HTTP/1.1 403 Forbidden\r\n\r\n");
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  const origin = `http://127.0.0.1:${port}`;
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(port, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const close = async () => {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return { origin, served, outside, close };
+}
+
+/** Starts the server and Chromium, and opens the page. */
+export async function openPage(options: OpenOptions): Promise<BrowserPage> {
+  const site = await startSite(options.site);
   const profile = mkdtempSync(join(tmpdir(), "attention-sinks-chromium-"));
   let browser: Browser | undefined;
   const closeAll = async () => {
     await browser?.close();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeAllConnections();
+    await site.close();
     rmSync(profile, { recursive: true, force: true });
   };
   try {
@@ -118,14 +136,14 @@ export async function openPage(options: OpenOptions): Promise<BrowserPage> {
       headless: true,
       pipe: true,
       userDataDir: profile,
-      args: ["--headless=new", "--no-sandbox", ...(options.webgpu ? ["--enable-unsafe-webgpu"] : ["--disable-gpu"]), ...OFFLINE_FLAGS, `--proxy-server=${origin}`],
+      args: ["--headless=new", "--no-sandbox", ...(options.webgpu ? ["--enable-unsafe-webgpu"] : ["--disable-gpu"]), ...OFFLINE_FLAGS, `--proxy-server=${site.origin}`],
     });
     const page = await browser.newPage();
     const printed: string[] = [];
     page.on("console", (message) => printed.push(`${message.type()}: ${message.text()}`));
     page.on("pageerror", (error) => printed.push(`pageerror: ${String(error)}`));
-    await page.goto(`${origin}${options.path ?? "/"}`, { waitUntil: "load" });
-    return { page, origin, served, outside, console: printed, close: closeAll };
+    await page.goto(`${site.origin}${options.path ?? "/"}`, { waitUntil: "load" });
+    return { page, origin: site.origin, served: site.served, outside: site.outside, console: printed, close: closeAll };
   } catch (error) {
     await closeAll();
     throw error;
