@@ -8,13 +8,15 @@ import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import * as api from "../src/index.js";
 import { bundle, CHROMIUM_PACKAGE, modulePage, openPage, ORT_FOLDER, type Site } from "./support/browser/harness.js";
-import { greedyStream, type GreedyStreamRequest, type GreedyStreamResult } from "./support/browser/greedy_stream.js";
+import { greedyStream, pipelineGreedy, type GreedyStreamRequest, type GreedyStreamResult } from "./support/browser/greedy_stream.js";
 import { repositoryRoot, sharedFiles } from "./support/shared_data.js";
 import { systemProgram } from "./support/system_package.js";
 
 const SINKS = 4;
 const WINDOW = 60;
 const NEW_TOKENS = 5 * (SINKS + WINDOW);
+/** `pipeline("text-generation")` past the cache too. */
+const PIPELINE_TOKENS = 2 * (SINKS + WINDOW);
 const REQUEST = { prompt: "Once upon a time", new_tokens: NEW_TOKENS, attention_sink_size: SINKS, attention_sink_window_size: WINDOW };
 
 /** The page's stream against Node's on the same converted model. */
@@ -33,6 +35,12 @@ async function streamsLikeNode(t: TestContext, page: (folder: string) => Promise
     )
     .catch((error: unknown) => assert.fail(`the page failed: ${String(error)}\n${browser.console.join("\n")}`));
 
+  const pipelined = await browser.page.evaluate(
+    (r: GreedyStreamRequest) => (globalThis as unknown as { pipelineGreedy(r: GreedyStreamRequest): Promise<string> }).pipelineGreedy(r),
+    { ...REQUEST, new_tokens: PIPELINE_TOKENS, model: "tinystories", device: "wasm" },
+  );
+  assert.ok(pipelined.startsWith(REQUEST.prompt) && pipelined.length > REQUEST.prompt.length + 100, pipelined);
+  assert.equal(pipelined, await pipelineGreedy(api, { ...REQUEST, new_tokens: PIPELINE_TOKENS, model: folder, device: "cpu" }), "pipeline() in the page and in Node");
   assert.equal(inPage.text, node.text);
   assert.deepEqual(inPage.ids, node.ids);
   assert.equal(inPage.max_cached_tokens, SINKS + WINDOW, `the cache held up to ${inPage.max_cached_tokens} tokens; sink + window is ${SINKS + WINDOW}`);

@@ -5,7 +5,7 @@
 import type * as Package from "../../../src/browser.js";
 
 /** The part of the package the stream uses: either entry provides it. */
-export type StreamingApi = Pick<typeof Package, "AutoModelForCausalLM" | "AutoTokenizer" | "DynamicCache" | "Tensor" | "cacheStats">;
+export type StreamingApi = Pick<typeof Package, "AutoModelForCausalLM" | "AutoTokenizer" | "DynamicCache" | "Tensor" | "cacheStats" | "pipeline">;
 
 export interface GreedyStreamRequest {
   /** What `from_pretrained` gets: a folder in Node, a name under `env.localModelPath` in a page. */
@@ -76,4 +76,17 @@ export async function greedyStream(api: StreamingApi, request: GreedyStreamReque
     load_seconds,
     logits: request.keep_logits ? logits : null,
   };
+}
+
+/** The `text-generation` pipeline's greedy continuation of a prompt, through the sink cache. */
+export async function pipelineGreedy(api: StreamingApi, request: Omit<GreedyStreamRequest, "keep_logits" | "prompt"> & { prompt: string }): Promise<string> {
+  const generator = await api.pipeline("text-generation", request.model, {
+    attention_sink_size: request.attention_sink_size,
+    attention_sink_window_size: request.attention_sink_window_size,
+    dtype: "fp32",
+    device: request.device as "cpu",
+  });
+  const [output] = (await generator(request.prompt, { max_new_tokens: request.new_tokens, do_sample: false })) as { generated_text: string }[];
+  await generator.dispose();
+  return output.generated_text;
 }

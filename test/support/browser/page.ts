@@ -3,7 +3,7 @@
  * from the page's own server and exposes the greedy stream to the test driving the browser.
  */
 import * as api from "attention-sinks";
-import { greedyStream, type GreedyStreamRequest } from "./greedy_stream.js";
+import { greedyStream, pipelineGreedy, type GreedyStreamRequest } from "./greedy_stream.js";
 
 api.env.allowLocalModels = true;
 api.env.allowRemoteModels = false;
@@ -11,4 +11,7 @@ api.env.localModelPath = "/models/";
 api.env.useBrowserCache = false;
 api.env.backends.onnx.wasm!.wasmPaths = "/ort/";
 
-(globalThis as unknown as { greedyStream: (request: GreedyStreamRequest) => unknown }).greedyStream = (request) => greedyStream(api, request);
+Object.assign(globalThis, {
+  greedyStream: (request: GreedyStreamRequest) => greedyStream(api, request),
+  pipelineGreedy: (request: GreedyStreamRequest & { prompt: string }) => pipelineGreedy(api, request),
+});
