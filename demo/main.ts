@@ -110,4 +110,8 @@ function draw(): void {
     points.forEach(([px, py], i) => (i === 0 ? context.moveTo(x(px), y(py)) : context.lineTo(x(px), y(py))));
     context.stroke();
   }
+  context.fillStyle = COLORS.sinks;
+  context.fillText("attention sinks", margin.left + 10, margin.top + 14);
+  context.fillStyle = COLORS.plain;
+  context.fillText("plain transformers.js", margin.left + 10, margin.top + 30);
 }
