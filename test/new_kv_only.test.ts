@@ -171,7 +171,7 @@ describe("graphs that return only the new keys and values", () => {
     for (const [from, to] of [[a, b], [b, a]]) {
       const cache = new DynamicCache();
       await streamLogits(from, [tokens.slice(0, 37)], [20, ...Array.from({ length: 17 }, () => 1)], cache);
-      const restored = streamingDecoderOf(to).restore(streamingDecoderOf(from).snapshot(cache));
+      const restored = streamingDecoderOf(to).load(streamingDecoderOf(from).save(cache));
       const continued = await streamLogits(from, [tokens.slice(37)], Array.from({ length: 23 }, () => 1), cache);
       const resumed = await streamLogits(to, [tokens.slice(37)], Array.from({ length: 23 }, () => 1), restored);
       assert.ok(Math.max(...resumed.map((logits, i) => maxAbsDiff(logits, continued[i]))) <= 1e-5);

@@ -86,7 +86,7 @@ before(async () => {
 
 describe("the packed package", () => {
   it("ships its licence, its sources for the source maps, and what the README links to", () => {
-    for (const file of ["LICENSE", "README.md", "package.json", "dist/src/index.js", "dist/src/index.d.ts", "dist/src/cli/main.js", "src/index.ts"]) {
+    for (const file of ["LICENSE", "README.md", "package.json", "dist/src/index.js", "dist/src/index.d.ts", "dist/src/browser.js", "dist/src/browser.d.ts", "dist/src/cli/main.js", "src/index.ts"]) {
       assert.ok(shipped.has(file), `${file} is not in the tarball`);
     }
     assert.match(readFileSync(join(ROOT, "LICENSE"), "utf8"), /Apache License\s+Version 2\.0/);
@@ -192,5 +192,19 @@ console.log(JSON.stringify({ dims: logits.dims, next: next.logits.dims, typed, s
     assert.ok(files.size > 0, "transformers.js's types compile without skipLibCheck now: update the README");
     for (const file of files) assert.match(file, /^node_modules\/@huggingface\//);
     await rm(join(app, "build"), { recursive: true });
+  });
+
+  it("bundles for a browser from the installed package: the browser entry, typed under the browser condition", async () => {
+    await writeFile(join(app, "page.ts"), 'import { AutoModelForCausalLM, cacheStats, env } from "attention-sinks";\nenv.allowRemoteModels = false;\nconsole.log(AutoModelForCausalLM.name, cacheStats);\n');
+    const { build } = await import("esbuild");
+    const result = await build({ entryPoints: [join(app, "page.ts")], absWorkingDir: app, bundle: true, format: "esm", platform: "browser", write: false, metafile: true, logLevel: "silent" });
+    const inputs = Object.keys(result.metafile.inputs);
+    assert.ok(inputs.includes("node_modules/attention-sinks/dist/src/browser.js"), inputs.filter((path) => path.includes("attention-sinks")).join(", "));
+    assert.ok(!inputs.some((path) => path.includes("onnxruntime-node")), "the bundle holds onnxruntime-node");
+    // A bundler's TypeScript setup resolves the browser condition to the browser entry's declarations.
+    const options = { target: "ES2022", module: "ESNext", moduleResolution: "Bundler", customConditions: ["browser"], strict: true, noEmit: true, skipLibCheck: true, traceResolution: true };
+    await writeFile(join(app, "tsconfig.browser.json"), JSON.stringify({ compilerOptions: options, files: ["page.ts"] }));
+    const { stdout } = await run(process.execPath, [TSC, "-p", "tsconfig.browser.json"], { cwd: app, maxBuffer: 64 << 20 });
+    assert.match(stdout, /Module name 'attention-sinks' was successfully resolved to '[^']*node_modules\/attention-sinks\/dist\/src\/browser\.d\.ts'/);
   });
 });

@@ -5,14 +5,10 @@
  * instead of being read as numbers.
  */
 import { createHash } from "node:crypto";
-import { endianness } from "node:os";
+import { byteOrder } from "../platform/byte_order.js";
+import { StateRecordError, type StateArray, type StateSections } from "./state_sections.js";
 
-export type StateArray = Float32Array | Float64Array | Uint16Array | Uint32Array | BigInt64Array | Uint8Array;
-
-/** Saved state that cannot be read back: corrupt, truncated, of another kind, or from another model. */
-export class StateRecordError extends Error {
-  override name = "StateRecordError";
-}
+export { StateRecordError, type StateArray, type StateSections };
 
 const MAGIC = Buffer.from("ASNK", "latin1");
 const VERSION = 1;
@@ -26,7 +22,7 @@ function typeCode(array: StateArray): number {
 /** Encodes a record; typed arrays are stored in this machine's byte order, which the header names. */
 export function encodeStateRecord(kind: string, header: object, arrays: readonly StateArray[]): Uint8Array {
   const kindBytes = Buffer.from(kind, "utf8");
-  const headerBytes = Buffer.from(JSON.stringify({ ...header, byte_order: endianness() }), "utf8");
+  const headerBytes = Buffer.from(JSON.stringify({ ...header, byte_order: byteOrder() }), "utf8");
   const payload = arrays.reduce((sum, array) => sum + 5 + array.byteLength, 0);
   const out = Buffer.allocUnsafeSlow(MAGIC.length + 2 + kindBytes.length + 4 + headerBytes.length + 4 + payload + DIGEST_BYTES);
   let at = MAGIC.copy(out, 0);
@@ -48,7 +44,7 @@ export function encodeStateRecord(kind: string, header: object, arrays: readonly
 }
 
 /** Decodes a record of `kind`; the arrays are fresh copies. */
-export function decodeStateRecord(bytes: Uint8Array, kind: string): { header: Record<string, unknown>; arrays: StateArray[] } {
+export function decodeStateRecord(bytes: Uint8Array, kind: string): StateSections {
   const data = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (data.length < MAGIC.length + 2 + DIGEST_BYTES || !data.subarray(0, MAGIC.length).equals(MAGIC)) {
     throw new StateRecordError("not an attention-sinks state record");
@@ -68,7 +64,7 @@ export function decodeStateRecord(bytes: Uint8Array, kind: string): { header: Re
   } catch (error) {
     throw new StateRecordError(`the record's header is not JSON: ${(error as Error).message}`);
   }
-  if (header.byte_order !== endianness()) throw new StateRecordError(`the record was written in ${String(header.byte_order)} byte order; this machine is ${endianness()}`);
+  if (header.byte_order !== byteOrder()) throw new StateRecordError(`the record was written in ${String(header.byte_order)} byte order; this machine is ${byteOrder()}`);
   const arrays: StateArray[] = [];
   for (let count = reader.u32(); arrays.length < count; ) {
     const type = ARRAY_TYPES[reader.u8()];

@@ -6,7 +6,7 @@
  * {@link ConversionError} that names the file, never in a crash, a hang or a giant allocation.
  */
 import { closeSync, fstatSync, openSync, readSync, statSync, type Stats } from "node:fs";
-import { endianness } from "node:os";
+import { byteOrder } from "../platform/byte_order.js";
 import { ConversionError } from "./errors.js";
 import { describeDuplicateKey, findDuplicateKey } from "./json_keys.js";
 
@@ -76,12 +76,12 @@ export function memorySource(name: string, bytes: Uint8Array): ByteSource {
   };
 }
 
-// Tensor data is decoded in place as little-endian; every supported format stores little-endian data.
-if (endianness() !== "LE") throw new Error("attention-sinks conversion needs a little-endian host");
-
 /** Checked reads from a {@link ByteSource}. */
 export class BoundedReader {
-  constructor(readonly source: ByteSource) {}
+  constructor(readonly source: ByteSource) {
+    // Tensor data is decoded in place as little-endian; every supported format stores little-endian data.
+    if (byteOrder() !== "LE") throw new Error("attention-sinks conversion needs a little-endian host");
+  }
 
   get name(): string {
     return this.source.name;

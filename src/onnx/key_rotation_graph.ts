@@ -10,7 +10,6 @@
  * the cache buffer is a plain copy. The result matches `KeyRotation.apply` (and `rotateRows` for float16) to float32 precision: see
  * `keyRotationGraph` for how the angles are computed and how far the results may differ.
  */
-import type { KvType } from "../cache/kv_data.js";
 import type { RopeSpec } from "../positions/rope.js";
 import { GraphBuilder } from "./graph_builder.js";
 import { DataType, encodeModel, type AttributeDef, type GraphDef, type ValueInfoDef } from "./onnx_model.js";
@@ -45,7 +44,7 @@ const PARTS = 3;
 export interface KeyRotationGraphOptions {
   /** The rotation cached keys carry, as the slot rule holds it (frequencies as the model's graph uses them). */
   rotation: { spec: RopeSpec; inverse_frequencies: Float32Array };
-  kv_type: KvType;
+  kv_type: "float32" | "float16";
   /**
    * Also take `start` and `length`, and rotate only slots [start, start + length) of `keys` (the output has
    * `length` slots). Lets compaction read the window straight out of the cache buffer.

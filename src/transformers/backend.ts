@@ -130,11 +130,12 @@ export class SinkStream extends TransformersStream {
   }
 
   snapshot(): Uint8Array {
-    return streamingDecoderOf(this.model).snapshot(this.cache);
+    const { header, arrays } = streamingDecoderOf(this.model).save(this.cache);
+    return encodeStateRecord(STREAM_RECORD, header, arrays);
   }
 
   restore(state: Uint8Array): void {
-    this.cache = streamingDecoderOf(this.model).restore(state);
+    this.cache = streamingDecoderOf(this.model).load(decodeStateRecord(state, STREAM_RECORD));
   }
 }
 
@@ -212,6 +213,7 @@ export class DenseStream extends TransformersStream {
   }
 }
 
+const STREAM_RECORD = "attention-sinks stream";
 const DENSE_RECORD = "attention-sinks dense stream";
 
 /** What `from_pretrained` gets for a model name: its resolved source, and offline when it is on disk. */

@@ -4,11 +4,9 @@
  */
 import * as transformers from "@huggingface/transformers";
 import type { PipelineType, PreTrainedModel, PretrainedModelOptions } from "@huggingface/transformers";
-import { checkTokenizerFiles, resolveModelSource } from "../convert/index.js";
-import { loadingFrom, pretrainedSource } from "./backend.js";
 import { splitSinkOptions, type AttentionSinkOptions } from "../cache/options.js";
 import { enableAttentionSinks, type WithAttentionSinks } from "./enable.js";
-import { checkLoadedGraph } from "./graph_checks.js";
+import { modelPlatform } from "./model_platform.js";
 import type { ModelConfig } from "../positions/families.js";
 import { streamTextGenerationPipeline } from "./text_generation_pipeline.js";
 
@@ -29,9 +27,10 @@ function streamingLoader<B extends PretrainedLoader>(Base: B) {
       const { sink, rest } = splitSinkOptions(options);
       // A checkpoint converted on first use gets the file of the dtype asked (per session: the decoder's).
       const dtype = typeof rest.dtype === "string" ? rest.dtype : rest.dtype?.model;
-      const { path, files } = await pretrainedSource(id, undefined, { dtype });
-      const model = enableAttentionSinks(await loadingFrom(path, () => Base.from_pretrained(path, { ...files, ...rest })), sink);
-      await checkLoadedGraph(path, dtype, model.config as unknown as ModelConfig, model.attention_sinks);
+      const platform = modelPlatform();
+      const { path, files } = await platform.source(id, { dtype });
+      const model = enableAttentionSinks(await platform.loading(path, () => Base.from_pretrained(path, { ...files, ...rest })), sink);
+      await platform.checkGraph(path, dtype, model.config as unknown as ModelConfig, model.attention_sinks);
       return model;
     }
     /** Models loaded through this class are instances of the transformers.js class. */
@@ -73,9 +72,10 @@ export class AutoTokenizer {
     id: string,
     options?: Parameters<typeof transformers.AutoTokenizer.from_pretrained>[1],
   ): ReturnType<typeof transformers.AutoTokenizer.from_pretrained> {
-    const { path, files } = await pretrainedSource(id);
-    if (files.local_files_only) checkTokenizerFiles(path);
-    return loadingFrom(path, () => transformers.AutoTokenizer.from_pretrained(path, { ...files, ...options }));
+    const platform = modelPlatform();
+    const { path, files } = await platform.source(id);
+    platform.checkTokenizer(path, files);
+    return platform.loading(path, () => transformers.AutoTokenizer.from_pretrained(path, { ...files, ...options }));
   }
 }
 
@@ -90,8 +90,9 @@ export async function pipeline<T extends PipelineType>(
 ): ReturnType<typeof transformers.pipeline<T>> {
   const { sink, rest } = splitSinkOptions(options);
   if (task !== "text-generation") return transformers.pipeline(task, model, rest);
-  const source = model === undefined ? undefined : await resolveModelSource(model);
-  const pipe = await (source === undefined ? transformers.pipeline(task, source, rest) : loadingFrom(source, () => transformers.pipeline(task, source, rest)));
+  const platform = modelPlatform();
+  const source = model === undefined ? undefined : (await platform.source(model)).path;
+  const pipe = await (source === undefined ? transformers.pipeline(task, source, rest) : platform.loading(source, () => transformers.pipeline(task, source, rest)));
   enableAttentionSinks((pipe as unknown as { model: PreTrainedModel }).model, sink);
   streamTextGenerationPipeline(pipe as unknown as Parameters<typeof streamTextGenerationPipeline>[0]);
   return pipe;

@@ -6,16 +6,16 @@
 import { DynamicCache, Tensor } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
 import type { AttentionSinkOptions } from "../cache/options.js";
-import { decodeStateRecord, encodeStateRecord, StateRecordError } from "../backend/state_record.js";
+import { StateRecordError, type StateSections } from "../backend/state_sections.js";
 import { SinkCacheError, SinkCacheState, type CacheLayout, type SinkCacheSnapshot } from "../cache/sink_cache.js";
 import { resolveStreamingPolicy, type AttentionSinkSettings } from "../cache/streaming_policy.js";
 import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
-import { checkCacheGeometry, decoderInputs, kvType, pastName, presentName, returnsNewKvOnly, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { checkCacheGeometry, decoderInputs, kvType, pastName, returnsNewKvOnly, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
+import { receivePresents } from "./presents.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
-const STREAM_RECORD = "attention-sinks stream";
 const COUNTER_NAMES = ["batch", "attended", "evicted", "seen", "sinks_kept"] as const satisfies readonly (keyof SinkCacheSnapshot["counters"])[];
 
 /** Inputs of a streaming forward pass (transformers.js names). */
@@ -97,20 +97,21 @@ export class StreamingDecoder {
     return started;
   }
 
-  /** The whole state of a cache's stream as a record of constant size once the cache is full. */
-  snapshot(cache: DynamicCache): Uint8Array {
+  /** The whole state of a cache's stream, of constant size once the cache is full. */
+  save(cache: DynamicCache): StateSections {
     const stream = this.stream(cache);
     const { counters, keys, values, sink_keys } = stream.slots.save();
     const { lanes, fed, pending } = stream.transcript.save();
     // Counters go in a fixed-width section, not the JSON header, so the record's size does not grow with them.
     const numbers = Float64Array.from([...COUNTER_NAMES.map((name) => counters[name]), fed]);
     const header = { signature: this.signature, lanes: lanes !== null, pending: pending !== null };
-    return encodeStateRecord(STREAM_RECORD, header, [numbers, ...keys, ...values, ...sink_keys, ...(lanes ? [lanes] : []), ...(pending ? [pending] : [])]);
+    return { header, arrays: [numbers, ...keys, ...values, ...sink_keys, ...(lanes ? [lanes] : []), ...(pending ? [pending] : [])] };
   }
 
-  /** A new cache that continues the stream a {@link snapshot} of this decoder took. */
-  restore(state: Uint8Array): DynamicCache {
-    const { header, arrays } = decodeStateRecord(state, STREAM_RECORD);
+  /** A new cache that continues the stream a {@link save} of this decoder took. */
+  load(sections: StateSections): DynamicCache {
+    const { header } = sections;
+    const arrays = [...sections.arrays];
     if (header.signature !== this.signature) {
       throw new StateRecordError("the saved stream belongs to another model or other attention-sink settings");
     }
@@ -205,15 +206,7 @@ export class StreamingDecoder {
     const ortFeeds: Record<string, OrtTensor> = {};
     for (const name in feeds) ortFeeds[name] = feeds[name].ort_tensor as OrtTensor;
     const outputs = await this.session.run(ortFeeds);
-    const keys: Tensor[] = [];
-    const values: Tensor[] = [];
-    for (let i = 0; i < this.layout.num_layers; i++) {
-      const key = outputs[presentName(i, "key")];
-      const value = outputs[presentName(i, "value")];
-      if (!key || !value) throw new SinkCacheError(`the model returned no present.${i}.key/value: it does not follow the transformers.js decoder contract`);
-      keys.push(new Tensor(key));
-      values.push(new Tensor(value));
-    }
+    const { keys, values } = await receivePresents(outputs, this.layout.num_layers);
     slots.finishForward(keys, values, n);
     return new Tensor(outputs.logits);
   }
