@@ -15,10 +15,12 @@
  * window back by the evicted count, which keeps positions below sink + window + compaction_interval.
  */
 import { Tensor } from "@huggingface/transformers";
+import type { Tensor as OrtTensor } from "onnxruntime-common";
 import { KeyRotation } from "../positions/rope.js";
 import type { SlotRule } from "../positions/slot_rule.js";
 import { allocateKv, copyKv, readAsFloat32, rotateRows, writeFromFloat32, type KvArray, type KvType } from "./kv_data.js";
 import { NEW_TOKEN_MASK_VALUE } from "../onnx/new_kv_only.js";
+import type { DeviceKv, DeviceKvShape } from "./device_kv.js";
 import type { SinkPolicy } from "./options.js";
 
 const NEW_TOKEN_MASK = BigInt(NEW_TOKEN_MASK_VALUE);
@@ -80,8 +82,13 @@ export class SinkCacheState {
   private slots = 0;
   /** Buffers written in place: their fixed length in slots (sink + window + compaction interval); else 0. */
   private readonly fixedSlots: number;
-  /** Zero-length past tensors, fed to a fixed-buffer graph before its first pass. */
+  /**
+   * The past fed to a fixed-buffer graph before its first pass: one masked slot of zeros (a zero-length past
+   * would give zero-sized score tensors, which onnxruntime-web's WebGPU kernels cannot bind).
+   */
   private emptyPast: Record<string, Tensor> = {};
+  /** Fixed buffers kept on the GPU, once a pass returned its presents there. */
+  private device: DeviceKv | null = null;
   /** Masked slots between the sinks and the window. */
   private evicted = 0;
   private seen = 0;
@@ -103,6 +110,8 @@ export class SinkCacheState {
     readonly rule: SlotRule,
     private readonly entries: Record<string, Tensor>,
     names: { keys: readonly string[]; values: readonly string[] },
+    /** Makes device buffers for fixed-buffer streams whose presents come back on the GPU (absent: refused). */
+    private readonly deviceKv?: (shape: DeviceKvShape, present: OrtTensor) => Promise<DeviceKv>,
   ) {
     this.keyNames = names.keys;
     this.valueNames = names.values;
@@ -114,9 +123,10 @@ export class SinkCacheState {
     return this.fixedSlots || this.slots;
   }
 
-  /** The past length the graph sees: the whole fixed buffer once written, else the slots in use. */
+  /** The past length the graph sees: the whole fixed buffer once written (one placeholder before), else the slots in use. */
   private get pastLength(): number {
-    return this.fixedSlots && this.slots > 0 ? this.fixedSlots : this.slots;
+    if (!this.fixedSlots) return this.slots;
+    return this.slots > 0 ? this.fixedSlots : 1;
   }
 
   get stats(): SinkCacheStats {
@@ -145,7 +155,7 @@ export class SinkCacheState {
   }
 
   /** Makes room for `n` new tokens: evicts the oldest window tokens, compacts when due and moves the sinks. */
-  beginForward(batch: number, n: number): void {
+  async beginForward(batch: number, n: number): Promise<void> {
     if (this.batch === 0) this.bind(batch);
     if (batch !== this.batch) {
       throw new SinkCacheError(`this cache streams ${this.batch} row(s); got a batch of ${batch}`);
@@ -159,8 +169,8 @@ export class SinkCacheState {
       this.evicted += excess;
     }
     // At most compaction_interval masked slots, so slot positions stay below capacity + compaction_interval.
-    if (this.evicted > compaction_interval) this.compact();
-    if (this.rule.rotation && sink_size > 0 && this.sinkShift !== this.evicted) this.shiftSinks(this.evicted);
+    if (this.evicted > compaction_interval) await this.compact();
+    if (this.rule.rotation && sink_size > 0 && this.sinkShift !== this.evicted) await this.shiftSinks(this.evicted);
   }
 
   /**
@@ -192,17 +202,17 @@ export class SinkCacheState {
    * Takes what a forward pass returned: buffers already holding past + new (adopted), or, with fixed buffers,
    * the new tokens' keys and values alone (written into their slots).
    */
-  finishForward(presentKeys: Tensor[], presentValues: Tensor[], n: number): void {
+  async finishForward(presentKeys: Tensor[], presentValues: Tensor[], n: number): Promise<void> {
     const { kv_type, num_kv_heads, head_dim } = this.layout;
     const returned = this.fixedSlots ? n : this.slots + n;
+    const onGpu = presentKeys[0].location === "gpu-buffer";
+    if (onGpu && !this.device) await this.moveToDevice(presentKeys[0].ort_tensor as OrtTensor);
     for (let i = 0; i < this.layout.num_layers; i++) {
       for (const present of [presentKeys[i], presentValues[i]]) {
-        if (present.location !== "cpu") {
-          throw new SinkCacheError(
-            `attention-sinks moves keys on the CPU; this session returns its KV cache as "${present.location}": keep session outputs on the CPU (the transformers.js default)`,
-          );
+        if (present.location !== (onGpu ? "gpu-buffer" : "cpu")) {
+          throw new SinkCacheError(`this session returned its KV cache as "${present.location}" where the stream's buffers are on the ${onGpu ? "GPU" : "CPU"}`);
         }
-        if (present.type !== kv_type || !(present.data instanceof (kv_type === "float32" ? Float32Array : Uint16Array))) {
+        if (present.type !== kv_type || (!onGpu && !(present.data instanceof (kv_type === "float32" ? Float32Array : Uint16Array)))) {
           throw new SinkCacheError(`the model returned a ${present.type} KV cache where its inputs declare ${kv_type}`);
         }
         const [batch, heads, length, dim] = present.dims;
@@ -210,17 +220,40 @@ export class SinkCacheState {
           throw new SinkCacheError(`the model returned a KV cache of shape [${present.dims}] where [${this.batch}, ${num_kv_heads}, ${returned}, ${head_dim}] was expected`);
         }
       }
-      if (this.fixedSlots) {
-        this.writeNew(this.entries[this.keyNames[i]].data as KvArray, presentKeys[i].data as KvArray, n);
-        this.writeNew(this.entries[this.valueNames[i]].data as KvArray, presentValues[i].data as KvArray, n);
-      } else {
-        this.entries[this.keyNames[i]] = presentKeys[i];
-        this.entries[this.valueNames[i]] = presentValues[i];
+    }
+    if (this.device) {
+      this.device.writeNew(presentKeys.map((t) => t.ort_tensor as OrtTensor), presentValues.map((t) => t.ort_tensor as OrtTensor), this.slots, n);
+    } else {
+      if (this.fixedSlots && this.slots === 0) this.allocateFixed();
+      for (let i = 0; i < this.layout.num_layers; i++) {
+        if (this.fixedSlots) {
+          this.writeNew(this.entries[this.keyNames[i]].data as KvArray, presentKeys[i].data as KvArray, n);
+          this.writeNew(this.entries[this.valueNames[i]].data as KvArray, presentValues[i].data as KvArray, n);
+        } else {
+          this.entries[this.keyNames[i]] = presentKeys[i];
+          this.entries[this.valueNames[i]] = presentValues[i];
+        }
       }
     }
     this.slots += n;
     this.seen += n;
     if (this.sinksKept < this.policy.sink_size) this.keepSinkKeys();
+  }
+
+  /** Keeps the fixed buffers on the GPU the first pass returned its presents on. */
+  private async moveToDevice(present: OrtTensor): Promise<void> {
+    if (!this.fixedSlots || !this.deviceKv) {
+      throw new SinkCacheError(
+        `this session returns its KV cache as "${present.location}", and only graphs that return the new keys and values alone (the package's own exports: attention-sinks convert) keep a stream's cache there; ` +
+          "convert the model with attention-sinks, or keep session outputs on the CPU",
+      );
+    }
+    if (this.slots > 0) throw new SinkCacheError("a stream restored on the CPU cannot continue on the GPU: restore it into a model on the CPU");
+    const { num_layers, num_kv_heads, head_dim, kv_type } = this.layout;
+    this.device = await this.deviceKv({ num_layers, batch: this.batch, num_kv_heads, head_dim, slots: this.fixedSlots, sink_size: this.policy.sink_size, kv_type }, present);
+    const { keys, values } = this.device.pastTensors();
+    this.keyNames.forEach((name, i) => (this.entries[name] = keys[i]));
+    this.valueNames.forEach((name, i) => (this.entries[name] = values[i]));
   }
 
   /** Copies n new tokens' rows [batch, kv_heads, n, head_dim] into their slots of a fixed buffer. */
@@ -232,22 +265,33 @@ export class SinkCacheState {
 
   private bind(batch: number): void {
     this.batch = batch;
-    const { num_kv_heads, head_dim, kv_type } = this.layout;
-    const tensor = (slots: number) => new Tensor(kv_type, allocateKv(kv_type, batch * num_kv_heads * slots * head_dim), [batch, num_kv_heads, slots, head_dim]);
+    // Fixed buffers are made by the first pass, on the CPU or on the GPU where it returns its presents.
     for (const name of [...this.keyNames, ...this.valueNames]) {
-      this.entries[name] = tensor(this.fixedSlots);
-      if (this.fixedSlots) this.emptyPast[name] = tensor(0);
+      this.entries[name] = this.kvTensor(0);
+      if (this.fixedSlots) this.emptyPast[name] = this.kvTensor(1);
     }
+    const { num_kv_heads, head_dim } = this.layout;
     if (this.rule.rotation) {
       for (let i = 0; i < this.layout.num_layers; i++) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
     }
     this.sinkScratch = new Float32Array(this.policy.sink_size * head_dim);
   }
 
+  private kvTensor(slots: number): Tensor {
+    const { num_kv_heads, head_dim, kv_type } = this.layout;
+    return new Tensor(kv_type, allocateKv(kv_type, this.batch * num_kv_heads * slots * head_dim), [this.batch, num_kv_heads, slots, head_dim]);
+  }
+
+  private allocateFixed(): void {
+    for (const name of [...this.keyNames, ...this.valueNames]) this.entries[name] = this.kvTensor(this.fixedSlots);
+  }
+
   /** Copies newly written sink keys while they still carry their own position's rotation. */
   private keepSinkKeys(): void {
     const kept = Math.min(this.policy.sink_size, this.slots);
-    if (this.rule.rotation) {
+    if (this.rule.rotation && this.device) {
+      this.device.keepSinks(this.sinksKept, kept - this.sinksKept);
+    } else if (this.rule.rotation) {
       const { head_dim } = this.layout;
       const rows = this.batch * this.layout.num_kv_heads;
       for (let i = 0; i < this.layout.num_layers; i++) {
@@ -274,9 +318,14 @@ export class SinkCacheState {
   }
 
   /** Rewrites the sink keys in place, rotated by `distance` from their original positions. */
-  private shiftSinks(distance: number): void {
+  private async shiftSinks(distance: number): Promise<void> {
     const { head_dim, num_kv_heads } = this.layout;
     const sinks = this.sinksKept;
+    if (this.device) {
+      await this.device.placeSinks(sinks, distance);
+      this.sinkShift = distance;
+      return;
+    }
     const rotation = this.rotation(distance);
     const rows = this.batch * num_kv_heads;
     for (let i = 0; i < this.layout.num_layers; i++) {
@@ -292,13 +341,20 @@ export class SinkCacheState {
    * Copies the attended slots together: sinks back at their own positions, window shifted down. Growing
    * buffers are copied into fresh ones of the attended length; fixed buffers move their rows down in place.
    */
-  private compact(): void {
+  private async compact(): Promise<void> {
     const { head_dim, num_kv_heads, kv_type } = this.layout;
     const sinks = this.sinksKept;
     const kept = this.attended;
     const windowLength = kept - sinks;
     const windowStart = sinks + this.evicted;
     const rows = this.batch * num_kv_heads;
+    if (this.device) {
+      await this.device.compact(sinks, windowStart, windowLength, this.rule.rotation && this.rule.position_ids === "slot" ? -this.evicted : null);
+      this.slots = kept;
+      this.evicted = 0;
+      this.sinkShift = 0;
+      return;
+    }
     // Slot positions shift down with the window, so its keys rotate back by the evicted count.
     const rotation = this.rule.rotation && this.rule.position_ids === "slot" ? this.rotation(-this.evicted) : null;
     const scratch = rotation && kv_type !== "float32" ? new Float32Array(windowLength * head_dim) : this.sinkScratch;
@@ -339,6 +395,7 @@ export class SinkCacheState {
 
   /** The stream's state, copied out. */
   save(): SinkCacheSnapshot {
+    if (this.device) throw new SinkCacheError("a stream whose cache is kept on the GPU cannot be saved yet: run it on the CPU (device \"wasm\" or \"cpu\") to save it");
     const { head_dim, num_kv_heads, kv_type } = this.layout;
     const rows = this.batch * num_kv_heads;
     const sinks = this.sinksKept;
@@ -390,6 +447,7 @@ export class SinkCacheState {
     }
     if (batch === 0) return;
     this.bind(batch);
+    if (this.fixedSlots) this.allocateFixed();
     const slots = attended + evicted;
     const windowLength = attended - sinks_kept;
     const stride = this.fixedSlots || slots;

@@ -4,9 +4,9 @@
  * here first.
  *
  * DOWNLOAD BASELINE: transformers.js keeps presents on WebGPU as `gpu-buffer` tensors (whatever the session
- * options say), and this downloads the whole cache every step, and the next pass uploads it again. It is
- * correct, and it is the measured baseline for a cache that stays on the device, not that cache: a
- * device-resident KV storage replaces this function.
+ * options say). For graphs that return the whole cache (other exporters'), this downloads it every step, and
+ * the next pass uploads it again: correct, and the measured baseline. Graphs that return the new keys and
+ * values alone keep them on the device, where the sink cache's buffers are (src/cache/device_kv.ts).
  */
 import { Tensor } from "@huggingface/transformers";
 import type { Tensor as OrtTensor } from "onnxruntime-common";
@@ -18,12 +18,15 @@ export interface Presents {
   values: Tensor[];
 }
 
-/** Each layer's present key and value, on the CPU. */
-export async function receivePresents(outputs: Readonly<Record<string, OrtTensor>>, numLayers: number): Promise<Presents> {
+/**
+ * Each layer's present key and value, on the CPU, or, for a graph that returns the new keys and values
+ * alone (`keepOnDevice`), where the session returned them: the sink cache then keeps its buffers there.
+ */
+export async function receivePresents(outputs: Readonly<Record<string, OrtTensor>>, numLayers: number, keepOnDevice = false): Promise<Presents> {
   const layer = (i: number, part: "key" | "value") => {
     const present = outputs[presentName(i, part)];
     if (!present) throw new SinkCacheError(`the model returned no present.${i}.${part}: it does not follow the transformers.js decoder contract`);
-    return downloadToCpu(present);
+    return keepOnDevice && present.location === "gpu-buffer" ? new Tensor(present) : downloadToCpu(present);
   };
   const layers = Array.from({ length: numLayers }, (_, i) => i);
   const [keys, values] = await Promise.all([Promise.all(layers.map((i) => layer(i, "key"))), Promise.all(layers.map((i) => layer(i, "value")))]);

@@ -13,6 +13,7 @@ import type { ModelConfig } from "../positions/families.js";
 import type { SlotRule } from "../positions/slot_rule.js";
 import { checkCacheGeometry, decoderInputs, kvType, pastName, returnsNewKvOnly, type DecoderInputs, type DecoderSession } from "./decoder_contract.js";
 import { receivePresents } from "./presents.js";
+import { webGpuKv } from "./webgpu_kv.js";
 import { registerStream, streamOf, type Stream } from "./stream_registry.js";
 import { Transcript } from "./transcript.js";
 
@@ -90,7 +91,7 @@ export class StreamingDecoder {
     const entries = cache as unknown as Record<string, Tensor>;
     const started: Stream = {
       signature: this.signature,
-      slots: new SinkCacheState(this.settings, this.layout, this.rule, entries, { keys: this.keyNames, values: this.valueNames }),
+      slots: new SinkCacheState(this.settings, this.layout, this.rule, entries, { keys: this.keyNames, values: this.valueNames }, webGpuKv(this.session, this.rule)),
       transcript,
     };
     registerStream(cache, started);
@@ -192,7 +193,7 @@ export class StreamingDecoder {
     n: number,
     logitsToKeep: number,
   ): Promise<Tensor> {
-    slots.beginForward(batch, n);
+    await slots.beginForward(batch, n);
     const { attention_mask, position_ids } = slots.maskAndPositions(n);
     const chunkIds = start === 0 && n === length ? ids : sliceColumns(ids, batch, length, start, n);
     const feeds: Record<string, Tensor> = {
@@ -206,8 +207,8 @@ export class StreamingDecoder {
     const ortFeeds: Record<string, OrtTensor> = {};
     for (const name in feeds) ortFeeds[name] = feeds[name].ort_tensor as OrtTensor;
     const outputs = await this.session.run(ortFeeds);
-    const { keys, values } = await receivePresents(outputs, this.layout.num_layers);
-    slots.finishForward(keys, values, n);
+    const { keys, values } = await receivePresents(outputs, this.layout.num_layers, this.layout.new_kv_only);
+    await slots.finishForward(keys, values, n);
     return new Tensor(outputs.logits);
   }
 }

@@ -33,7 +33,17 @@ export interface GreedyStreamResult {
   tokens_per_second: number;
   load_seconds: number;
   logits: number[][] | null;
+  /** The GPU's transfers while decoding (bytes of each), where the page records them (else null). */
+  decode_transfers: GpuTransfers | null;
 }
+
+export interface GpuTransfers {
+  downloads: number[];
+  uploads: number[];
+}
+
+/** The page's record of transfers between GPU and page (test/support/browser/page.ts), where there is one. */
+const transfers = () => (globalThis as { gpuTransfers?: () => GpuTransfers }).gpuTransfers?.() ?? null;
 
 export async function greedyStream(api: StreamingApi, request: GreedyStreamRequest): Promise<GreedyStreamResult> {
   const loadStart = performance.now();
@@ -48,8 +58,13 @@ export async function greedyStream(api: StreamingApi, request: GreedyStreamReque
   let max_cached_tokens = 0;
   let input = promptIds;
   let decodeStart = 0;
+  let transfersAtStart: { downloads: number; uploads: number } | null = null;
   for (let step = 0; step < request.new_tokens; step++) {
-    if (step === 1) decodeStart = performance.now(); // the prompt's pass is not decoding
+    if (step === 1) {
+      decodeStart = performance.now(); // the prompt's pass is not decoding
+      const record = transfers();
+      transfersAtStart = record && { downloads: record.downloads.length, uploads: record.uploads.length };
+    }
     const out = await model.forward({
       input_ids: new api.Tensor("int64", BigInt64Array.from(input, BigInt), [1, input.length]),
       past_key_values: cache,
@@ -64,6 +79,9 @@ export async function greedyStream(api: StreamingApi, request: GreedyStreamReque
     max_cached_tokens = Math.max(max_cached_tokens, api.cacheStats(cache).cached_tokens);
   }
   const seconds = (performance.now() - decodeStart) / 1000;
+  const record = transfers();
+  const decode_transfers =
+    record && transfersAtStart ? { downloads: record.downloads.slice(transfersAtStart.downloads), uploads: record.uploads.slice(transfersAtStart.uploads) } : null;
   const stats = api.cacheStats(cache);
   await model.dispose();
   return {
@@ -75,6 +93,7 @@ export async function greedyStream(api: StreamingApi, request: GreedyStreamReque
     tokens_per_second: (request.new_tokens - 1) / seconds,
     load_seconds,
     logits: request.keep_logits ? logits : null,
+    decode_transfers,
   };
 }
 
