@@ -12,7 +12,8 @@
  */
 import { parseArgs } from "node:util";
 import * as api from "../src/index.js";
-import { bundle, modulePage, openPage, ORT_FOLDER, type BrowserPage } from "../test/support/browser/harness.js";
+import { openPage, type BrowserPage } from "../test/support/browser/chromium.js";
+import { bundle, modulePage, ORT_FOLDER } from "../test/support/browser/site.js";
 import { greedyStream, type GreedyStreamRequest, type GreedyStreamResult } from "../test/support/browser/greedy_stream.js";
 import { mean, median } from "./stats.js";
 
