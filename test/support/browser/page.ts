@@ -14,4 +14,6 @@ api.env.backends.onnx.wasm!.wasmPaths = "/ort/";
 Object.assign(globalThis, {
   greedyStream: (request: GreedyStreamRequest) => greedyStream(api, request),
   pipelineGreedy: (request: GreedyStreamRequest & { prompt: string }) => pipelineGreedy(api, request),
+  /** The threads onnxruntime-web computes wasm with (set when the first session loads). */
+  wasmThreads: () => api.env.backends.onnx.wasm!.numThreads,
 });
