@@ -4,7 +4,7 @@
  *   npm run bench:browser [-- --model ../shared/models/tinystories-656k --tokens 256 --sinks 4 --window 124 --runs 3]
  *
  * Node's `cpu` device (onnxruntime-node), Chromium's wasm (onnxruntime-web, served cross-origin isolated so
- * it may use threads) and Chromium's WebGPU (on a machine without a GPU, the software adapter
+ * it may use threads; its default is half the cores, at most 4) and Chromium's WebGPU (on a machine without a GPU, the software adapter
  * `--enable-unsafe-webgpu` gives; WebGPU runs the download baseline, see src/transformers/presents.ts).
  * Each run is a fresh load and a greedy stream of --tokens tokens from "Once upon a time"; tokens/s is over
  * the steps after the prompt's. Runtimes alternate run by run, so a busy machine slows them alike. The greedy
@@ -12,7 +12,8 @@
  */
 import { parseArgs } from "node:util";
 import * as api from "../src/index.js";
-import { bundle, modulePage, openPage, ORT_FOLDER, type BrowserPage } from "../test/support/browser/harness.js";
+import { openPage, type BrowserPage } from "../test/support/browser/chromium.js";
+import { bundle, modulePage, ORT_FOLDER } from "../test/support/browser/site.js";
 import { greedyStream, type GreedyStreamRequest, type GreedyStreamResult } from "../test/support/browser/greedy_stream.js";
 import { mean, median } from "./stats.js";
 
@@ -50,7 +51,6 @@ async function inPage(browser: BrowserPage, device: string): Promise<GreedyStrea
 
 const wasmPage = await openPage({ chromium: values.chromium, site });
 const webgpuPage = await openPage({ chromium: values.chromium, site, webgpu: true });
-const threads = await wasmPage.page.evaluate(() => (globalThis.crossOriginIsolated ? navigator.hardwareConcurrency : 1));
 const runtimes: [string, () => Promise<GreedyStreamResult>][] = [
   ["Node, cpu (onnxruntime-node)", () => greedyStream(api, { ...request, model: folder, device: "cpu" })],
   ["Chromium, wasm (onnxruntime-web)", () => inPage(wasmPage, "wasm")],
@@ -68,6 +68,7 @@ for (let run = 0; run < Number(values.runs); run++) {
     if (result.max_cached_tokens > request.attention_sink_size + request.attention_sink_window_size) mismatches.push(`${name}: cache over sink + window`);
   }
 }
+const threads = await wasmPage.page.evaluate(() => (globalThis as unknown as { wasmThreads(): number | undefined }).wasmThreads());
 await wasmPage.close();
 await webgpuPage.close();
 

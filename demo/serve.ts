@@ -3,7 +3,7 @@
  * and pick a model folder.
  */
 import { parseArgs } from "node:util";
-import { startSite } from "../test/support/browser/harness.js";
+import { startSite } from "../test/support/browser/site.js";
 import { demoSite } from "./site.js";
 
 const { values } = parseArgs({ options: { port: { type: "string", default: "8080" } } });

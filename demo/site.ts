@@ -1,7 +1,7 @@
 /** The demo as a site: its page, its two bundles (built from dist/demo by esbuild) and onnxruntime-web's files. */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { bundle, ORT_FOLDER, type Site } from "../test/support/browser/harness.js";
+import { bundle, ORT_FOLDER, type Site } from "../test/support/browser/site.js";
 import { repositoryRoot } from "../test/support/shared_data.js";
 
 export async function demoSite(): Promise<Site> {

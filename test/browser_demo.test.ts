@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { resolveModelSource } from "../src/index.js";
 import { demoSite } from "../demo/site.js";
 import type { ElementHandle } from "puppeteer-core";
-import { CHROMIUM_PACKAGE, openPage } from "./support/browser/harness.js";
+import { CHROMIUM_PACKAGE, openPage } from "./support/browser/chromium.js";
 import { sharedFiles } from "./support/shared_data.js";
 import { systemProgram } from "./support/system_package.js";
 

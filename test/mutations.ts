@@ -58,7 +58,7 @@ interface Result {
 }
 
 /** What the harness copies into each scratch repository (node_modules is linked, dist and .git are left out). */
-const COPIED = ["src", "test", "bench", "package.json", "tsconfig.json"];
+const COPIED = ["src", "test", "bench", "demo", "package.json", "tsconfig.json"];
 const DEFAULT_TIMEOUT_S = 900;
 const BUILD_TIMEOUT_S = 300;
 

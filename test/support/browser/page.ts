@@ -37,4 +37,6 @@ Object.assign(globalThis, {
   gpuTransfers: () => transfers,
   greedyStream: (request: GreedyStreamRequest) => greedyStream(api, request),
   pipelineGreedy: (request: GreedyStreamRequest & { prompt: string }) => pipelineGreedy(api, request),
+  /** The threads onnxruntime-web computes wasm with (set when the first session loads). */
+  wasmThreads: () => api.env.backends.onnx.wasm!.numThreads,
 });

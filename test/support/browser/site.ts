@@ -1,22 +1,16 @@
 /**
- * Headless Chromium on a page served from 127.0.0.1, for the browser suites and the browser benchmark.
+ * A site on 127.0.0.1 for the browser suites, the browser benchmark and the demo: pages, esbuild bundles,
+ * onnxruntime-web's wasm files and model folders, every request logged.
  *
- * The server serves the page, its esbuild bundle, onnxruntime-web's wasm files and model folders, and logs
- * every request. It is also the browser's proxy: Chromium sends loopback requests straight to it and any
- * other request through it as a proxy request, which it records and refuses. So a request that would leave
- * 127.0.0.1 (from the page, a worker or the browser itself) shows up in {@link BrowserPage.outside}.
+ * The server is also the browser's proxy (see chromium.ts): Chromium sends loopback requests straight to it and
+ * any other request through it as a proxy request, which it records in {@link SiteServer.outside} and refuses.
  */
-import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { createReadStream, existsSync, statSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
 import { extname, join, normalize, sep } from "node:path";
 import { build } from "esbuild";
-import { launch, type Browser, type Page } from "puppeteer-core";
 import { repositoryRoot } from "../shared_data.js";
-
-/** The Debian package the suites drive, pinned as `.ci/run` installs it. */
-export const CHROMIUM_PACKAGE = "chromium=150.0.7871.100-1~deb12u1";
 
 const CONTENT_TYPES: Readonly<Record<string, string>> = {
   ".html": "text/html; charset=utf-8",
@@ -26,25 +20,6 @@ const CONTENT_TYPES: Readonly<Record<string, string>> = {
   ".json": "application/json",
   ".txt": "text/plain; charset=utf-8",
 };
-
-/** A port nothing listens on: the browser's Google services are pointed at it. */
-const NOWHERE = "http://127.0.0.1:9";
-
-/**
- * Chromium's own services that reach Google at startup, off. Without the last ones this Chromium still
- * asked clients2.google.com for the time, accounts.google.com for signed-in accounts, android.clients.google.com
- * for a GCM check-in and preconnected to www.google.com, all seen through the proxy below.
- */
-const OFFLINE_FLAGS = [
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-features=NetworkTimeServiceQuerying,PreconnectToSearch,NetworkPrediction,SearchPrefetchServicePrefetching,AutofillServerCommunication",
-  "--dns-prefetch-disable",
-  ...["gaia-url", "google-base-url", "gcm-checkin-url", "gcm-registration-url", "gcm-mcs-endpoint"].map((flag) => `--${flag}=${NOWHERE}`),
-];
 
 /** What the server answers: a URL path prefix mapped to a folder, or a path mapped to content. */
 export interface Site {
@@ -68,28 +43,6 @@ export async function bundle(entry: string): Promise<string> {
     absWorkingDir: repositoryRoot(),
   });
   return result.outputFiles[0].text;
-}
-
-export interface BrowserPage {
-  page: Page;
-  /** The page's origin, http://127.0.0.1:PORT. */
-  origin: string;
-  /** Every request the server answered (paths), in order. */
-  served: string[];
-  /** Every request that tried to leave 127.0.0.1 (URLs or CONNECT hosts). */
-  outside: string[];
-  /** What the page printed to its console and its uncaught errors, for failure messages. */
-  console: string[];
-  close(): Promise<void>;
-}
-
-export interface OpenOptions {
-  chromium: string;
-  site: Site;
-  /** The path to open (default /). */
-  path?: string;
-  /** WebGPU through `--enable-unsafe-webgpu` (a software adapter without a GPU); otherwise the GPU is off. */
-  webgpu?: boolean;
 }
 
 export interface SiteServer {
@@ -118,36 +71,6 @@ export async function startSite(site: Site, port = 0): Promise<SiteServer> {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };
   return { origin, served, outside, close };
-}
-
-/** Starts the server and Chromium, and opens the page. */
-export async function openPage(options: OpenOptions): Promise<BrowserPage> {
-  const site = await startSite(options.site);
-  const profile = mkdtempSync(join(tmpdir(), "attention-sinks-chromium-"));
-  let browser: Browser | undefined;
-  const closeAll = async () => {
-    await browser?.close();
-    await site.close();
-    rmSync(profile, { recursive: true, force: true });
-  };
-  try {
-    browser = await launch({
-      executablePath: options.chromium,
-      headless: true,
-      pipe: true,
-      userDataDir: profile,
-      args: ["--headless=new", "--no-sandbox", ...(options.webgpu ? ["--enable-unsafe-webgpu"] : ["--disable-gpu"]), ...OFFLINE_FLAGS, `--proxy-server=${site.origin}`],
-    });
-    const page = await browser.newPage();
-    const printed: string[] = [];
-    page.on("console", (message) => printed.push(`${message.type()}: ${message.text()}`));
-    page.on("pageerror", (error) => printed.push(`pageerror: ${String(error)}`));
-    await page.goto(`${site.origin}${options.path ?? "/"}`, { waitUntil: "load" });
-    return { page, origin: site.origin, served: site.served, outside: site.outside, console: printed, close: closeAll };
-  } catch (error) {
-    await closeAll();
-    throw error;
-  }
 }
 
 function answer(site: Site, request: IncomingMessage, response: ServerResponse, served: string[], outside: string[]): void {
