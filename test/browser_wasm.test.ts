@@ -1,6 +1,6 @@
 /**
- * The browser entry streaming in headless Chromium on onnxruntime-web's wasm, bundled by esbuild and loaded
- * unbundled through an import map: the same greedy text as Node's `cpu` device on the same model, a cache
+ * The browser entry streaming in headless Chromium on onnxruntime-web's wasm, bundled by esbuild, Vite and
+ * webpack, and loaded unbundled through an import map: the same greedy text as Node's `cpu` device on the same model, a cache
  * bounded by sink + window over a stream several times longer, and no request leaving 127.0.0.1.
  */
 import assert from "node:assert/strict";
@@ -8,7 +8,9 @@ import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import * as api from "../src/index.js";
 import { CHROMIUM_PACKAGE, openPage } from "./support/browser/chromium.js";
-import { bundle, modulePage, ORT_FOLDER, type Site } from "./support/browser/site.js";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { APP_BUNDLERS, bundle, modulePage, ORT_FOLDER, type Site } from "./support/browser/site.js";
 import { greedyStream, pipelineGreedy, type GreedyStreamRequest, type GreedyStreamResult } from "./support/browser/greedy_stream.js";
 import { repositoryRoot, sharedFiles } from "./support/shared_data.js";
 import { systemProgram } from "./support/system_package.js";
@@ -62,6 +64,20 @@ test("bundled by esbuild, wasm in Chromium streams Node's greedy text in a bound
     },
   })),
 );
+
+for (const [name, bundleInto] of Object.entries(APP_BUNDLERS)) {
+  test(`bundled by ${name}, wasm in Chromium streams Node's greedy text in a bounded cache, offline`, { timeout: 300_000 }, (t) =>
+    streamsLikeNode(t, async (folder) => {
+      const dir = await mkdtemp(join(tmpdir(), `attention-sinks-${name}-`));
+      t.after(() => rm(dir, { recursive: true, force: true }));
+      await bundleInto("dist/test/support/browser/page.js", dir);
+      return {
+        folders: { ...ORT_FOLDER, "/models/tinystories/": folder, "/app/": dir },
+        files: { "/": { type: "text/html", body: modulePage("/app/page.js") } },
+      };
+    }),
+  );
+}
 
 test("unbundled, through an import map, wasm in Chromium streams Node's greedy text", { timeout: 180_000 }, (t) =>
   streamsLikeNode(t, async (folder) => {

@@ -10,6 +10,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { extname, join, normalize, sep } from "node:path";
 import { build } from "esbuild";
+import { build as viteBuild } from "vite";
+import webpack from "webpack";
 import { repositoryRoot } from "../shared_data.js";
 
 const CONTENT_TYPES: Readonly<Record<string, string>> = {
@@ -105,3 +107,34 @@ function answer(site: Site, request: IncomingMessage, response: ServerResponse, 
 export function modulePage(script: string): string {
   return `<!doctype html><html><head><meta charset="utf-8"><title>attention-sinks</title></head><body><script type="module" src="${script}"></script></body></html>`;
 }
+
+/** The bundlers a browser app builds the page script with, each writing `page.js` and its assets into a folder. */
+export const APP_BUNDLERS = {
+  /** Vite's production build (Rollup), the script as its entry. */
+  async vite(entry: string, dir: string): Promise<void> {
+    const root = repositoryRoot();
+    await viteBuild({
+      configFile: false,
+      logLevel: "silent",
+      root,
+      build: { outDir: dir, emptyOutDir: true, minify: false, target: "es2022", rollupOptions: { input: join(root, entry), output: { entryFileNames: "page.js" } } },
+    });
+  },
+  /** webpack 5 in production mode for the web, as an ES module. */
+  async webpack(entry: string, dir: string): Promise<void> {
+    const compiler = webpack({
+      mode: "production",
+      context: repositoryRoot(),
+      entry: join(repositoryRoot(), entry),
+      target: "web",
+      devtool: false,
+      output: { path: dir, filename: "page.js", module: true, chunkFormat: "module" },
+      experiments: { outputModule: true },
+      optimization: { minimize: false, splitChunks: false },
+      performance: { hints: false },
+    });
+    const stats = await new Promise<webpack.Stats>((resolve, reject) => compiler.run((error, result) => (error || !result ? reject(error) : resolve(result))));
+    await new Promise<void>((resolve) => compiler.close(() => resolve()));
+    if (stats.hasErrors()) throw new Error(`webpack: ${stats.toString({ all: false, errors: true })}`);
+  },
+} as const;
