@@ -110,6 +110,19 @@ describe("llama.cpp backend on the shared models", () => {
     }
   }
 
+  it("streams share one llama.cpp binding: loading more of them adds no exit hook", async (t) => {
+    const model = MODELS[0];
+    if (!(await requireLlamaCpp(t)) || !sharedFiles(t, model.source)) return;
+    const first = await loadLlamaCppBackend(model.gguf, SIZES);
+    t.after(() => first.dispose());
+    const hooks = process.listenerCount("beforeExit");
+    for (let i = 0; i < 3; i++) await (await loadLlamaCppBackend(model.gguf, SIZES)).dispose();
+    assert.equal(process.listenerCount("beforeExit"), hooks);
+    // Disposing the others left the shared binding to the first stream.
+    const logits = await first.feed([1, 5, 9]);
+    assert.ok(logits.length > 0 && logits.every(Number.isFinite));
+  });
+
   it("the f16 KV cache drifts from the exact stream by what the README states", async (t) => {
     const model = MODELS[0];
     if (!(await requireLlamaCpp(t)) || !sharedFiles(t, model.source, "data/tinystories_valid.txt")) return;

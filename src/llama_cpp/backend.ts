@@ -24,7 +24,7 @@ import { openFileSource } from "../convert/bounded_reader.js";
 import { describeGgufModel } from "../convert/gguf_llama.js";
 import { resolveGgufSource, type ResolveModelSourceOptions } from "../convert/index.js";
 import { TransformersTokenizer } from "../transformers/backend.js";
-import { importNodeLlamaCpp, nativeParts, type NativeContext, type NativeSampler } from "./bindings.js";
+import { nativeParts, sharedLlama, type NativeContext, type NativeSampler } from "./bindings.js";
 
 export const KV_CACHE_TYPES = ["f32", "f16"] as const;
 export type KvCacheType = (typeof KV_CACHE_TYPES)[number];
@@ -211,7 +211,7 @@ export class LlamaCppStream implements StreamingBackend {
  * into the conversion cache).
  */
 export async function loadLlamaCppBackend(nameOrPath: string, options: LlamaCppLoadOptions = {}): Promise<LlamaCppStream> {
-  const { getLlama, LlamaLogLevel } = await importNodeLlamaCpp();
+  const llama = await sharedLlama();
   const path = await resolveGgufSource(nameOrPath, { tokenizer: options.tokenizer, onConvert: options.onConvert });
   const source = openFileSource(path);
   let description;
@@ -241,7 +241,6 @@ export async function loadLlamaCppBackend(nameOrPath: string, options: LlamaCppL
   const cells = policy?.capacity ?? options.context_size ?? config.max_position_embeddings;
 
   const kvType = options.kv_cache_type ?? "f32";
-  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false });
   const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 });
   try {
     const context = await model.createContext({

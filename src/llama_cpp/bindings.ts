@@ -37,6 +37,23 @@ export function importNodeLlamaCpp(): Promise<NodeLlamaCpp> {
   return loaded;
 }
 
+let llama: Promise<Llama> | undefined;
+
+/**
+ * The process's one llama.cpp binding (CPU), shared by every stream: each `getLlama()` call would load and
+ * initialise another, and register another exit hook.
+ * @internal (kept out of the published types, which must not need node-llama-cpp)
+ */
+export function sharedLlama(): Promise<Llama> {
+  llama ??= importNodeLlamaCpp()
+    .then(({ getLlama, LlamaLogLevel }) => getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false }))
+    .catch((error: unknown) => {
+      llama = undefined;
+      throw error;
+    });
+  return llama;
+}
+
 /** The native context's calls a stream uses (node-llama-cpp's `AddonContext`). */
 export interface NativeContext {
   initBatch(size: number): void;
