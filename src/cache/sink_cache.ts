@@ -4,7 +4,8 @@
  * Buffers follow the transformers.js layout [batch, kv_heads, slots, head_dim]. They either grow by the tokens
  * of each forward pass (the graph concatenates past and new), or, for graphs that return only the new tokens'
  * keys and values (src/onnx/new_kv_only.ts), have room for every slot the cache can hold, and each pass
- * writes its tokens into them in place. Slots are laid out as
+ * writes its tokens into them in place (on the GPU, when the session returns presents there: device_kv.ts).
+ * Slots are laid out as
  *
  *     [ sinks | evicted (masked out) | window ]
  *
@@ -86,7 +87,7 @@ export class SinkCacheState {
    * The past fed to a fixed-buffer graph before its first pass: one masked slot of zeros (a zero-length past
    * would give zero-sized score tensors, which onnxruntime-web's WebGPU kernels cannot bind).
    */
-  private emptyPast: Record<string, Tensor> = {};
+  private placeholderPast: Record<string, Tensor> = {};
   /** Fixed buffers kept on the GPU, once a pass returned its presents there. */
   private device: DeviceKv | null = null;
   /** Masked slots between the sinks and the window. */
@@ -268,7 +269,7 @@ export class SinkCacheState {
     // Fixed buffers are made by the first pass, on the CPU or on the GPU where it returns its presents.
     for (const name of [...this.keyNames, ...this.valueNames]) {
       this.entries[name] = this.kvTensor(0);
-      if (this.fixedSlots) this.emptyPast[name] = this.kvTensor(1);
+      if (this.fixedSlots) this.placeholderPast[name] = this.kvTensor(1);
     }
     const { num_kv_heads, head_dim } = this.layout;
     if (this.rule.rotation) {
@@ -478,7 +479,7 @@ export class SinkCacheState {
   /** The past key/value tensors to feed, by input name (none yet for fixed buffers before their first pass). */
   pastFeeds(): Record<string, Tensor> {
     const feeds: Record<string, Tensor> = {};
-    const source = this.fixedSlots && this.slots === 0 ? this.emptyPast : this.entries;
+    const source = this.fixedSlots && this.slots === 0 ? this.placeholderPast : this.entries;
     for (let i = 0; i < this.layout.num_layers; i++) {
       feeds[this.keyNames[i]] = source[this.keyNames[i]];
       feeds[this.valueNames[i]] = source[this.valueNames[i]];
