@@ -562,15 +562,15 @@ class DecoderGraph {
       queries = this.rotate(queries, rotary);
       keys = this.rotate(keys, rotary);
     }
-    const axis2 = [intAttribute("axis", 2)];
-    // present = past + new in the cache's type; attention itself always runs in float32.
+    // The cache holds keys and values in its own type; attention itself always runs in float32.
+    const inCacheType = (kind: "key" | "value", fresh: string) =>
+      this.kvDtype === "fp32" ? fresh : g.op("Cast", [fresh], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+    const asFloat32 = (value: string, output: string) =>
+      this.kvDtype === "fp32" ? value : g.op("Cast", [value], output, [intAttribute("to", DataType.FLOAT)]);
+    // present = past + new.
     const cached = (kind: "key" | "value", fresh: string) => {
-      const past = pasts(`past_key_values.${index}.${kind}`);
-      const present = `present.${index}.${kind}`;
-      if (this.kvDtype === "fp32") return g.op("Concat", [past, fresh], present, axis2);
-      const half = g.op("Cast", [fresh], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
-      const stored = g.op("Concat", [past, half], present, axis2);
-      return g.op("Cast", [stored], `${prefix}.${kind}.cached`, [intAttribute("to", DataType.FLOAT)]);
+      const present = g.op("Concat", [pasts(`past_key_values.${index}.${kind}`), inCacheType(kind, fresh)], `present.${index}.${kind}`, [intAttribute("axis", 2)]);
+      return asFloat32(present, `${prefix}.${kind}.cached`);
     };
 
     // GQA without copying keys: the query heads sharing a KV head are stacked along the sequence axis
@@ -596,12 +596,10 @@ class DecoderGraph {
     } else {
       // Past and new slots apart: the scores [.., P + n] are concatenated instead of the keys, so the past is
       // only read. The presents are chosen once for all layers (presentsOfEitherKind).
-      const asFloat32 = (value: string, output: string) =>
-        this.kvDtype === "fp32" ? value : g.op("Cast", [value], output, [intAttribute("to", DataType.FLOAT)]);
       const pastKeys = asFloat32(`past_key_values.${index}.key`, `${prefix}.past_key.float32`);
       const pastValues = asFloat32(`past_key_values.${index}.value`, `${prefix}.past_value.float32`);
       const fresh = (kind: "key" | "value", value: string) => {
-        const stored = this.kvDtype === "fp32" ? value : g.op("Cast", [value], `${prefix}.${kind}.float16`, [intAttribute("to", DataType.FLOAT16)]);
+        const stored = inCacheType(kind, value);
         this.newKv.push({ past: `past_key_values.${index}.${kind}`, present: `present.${index}.${kind}`, stored });
         return asFloat32(stored, `${prefix}.new_${kind}.float32`);
       };
