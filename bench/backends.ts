@@ -150,8 +150,7 @@ async function measure(dir: string, threads: number, window: number): Promise<Me
     llama.push(await loadLlamaCppBackend(join(dir, "model.gguf"), { ...sizes, attention_sink_eviction_interval: EVICTION_INTERVAL }));
     llama.push(await loadLlamaCppBackend(join(dir, "model.gguf"), dense));
     const engines: StreamingBackend[] = [...onnx, ...llama];
-    const isDense = (e: number) => e === 1 || e === 4;
-    for (const [e, stream] of engines.entries()) await warm(stream, isDense(e) ? denseStart : capacity);
+    for (const stream of engines) await warm(stream, stream.endless ? capacity : denseStart);
     const decode = engines.map(() => [] as number[]);
     for (let round = 0; round < ROUNDS; round++) {
       for (const [e, stream] of engines.entries()) decode[e].push(await decodeBlock(stream, STEPS, round * STEPS));

@@ -87,7 +87,7 @@ export class SinkCacheState {
    * The past fed to a fixed-buffer graph before its first pass: one masked slot of zeros (a zero-length past
    * would give zero-sized score tensors, which onnxruntime-web's WebGPU kernels cannot bind).
    */
-  private placeholderPast: Record<string, Tensor> = {};
+  private placeholderPast?: Tensor;
   /** Fixed buffers kept on the GPU, once a pass returned its presents there. */
   private device: DeviceKv | null = null;
   /** Masked slots between the sinks and the window. */
@@ -267,10 +267,8 @@ export class SinkCacheState {
   private bind(batch: number): void {
     this.batch = batch;
     // Fixed buffers are made by the first pass, on the CPU or on the GPU where it returns its presents.
-    for (const name of [...this.keyNames, ...this.valueNames]) {
-      this.entries[name] = this.kvTensor(0);
-      if (this.fixedSlots) this.placeholderPast[name] = this.kvTensor(1);
-    }
+    for (const name of [...this.keyNames, ...this.valueNames]) this.entries[name] = this.kvTensor(0);
+    if (this.fixedSlots) this.placeholderPast = this.kvTensor(1);
     const { num_kv_heads, head_dim } = this.layout;
     if (this.rule.rotation) {
       for (let i = 0; i < this.layout.num_layers; i++) this.sinkKeys.push(new Float32Array(batch * num_kv_heads * this.policy.sink_size * head_dim));
@@ -476,14 +474,11 @@ export class SinkCacheState {
     this.sinkShift = 0;
   }
 
-  /** The past key/value tensors to feed, by input name (none yet for fixed buffers before their first pass). */
+  /** The past key/value tensors to feed, by input name (the placeholder for fixed buffers before their first pass). */
   pastFeeds(): Record<string, Tensor> {
     const feeds: Record<string, Tensor> = {};
-    const source = this.fixedSlots && this.slots === 0 ? this.placeholderPast : this.entries;
-    for (let i = 0; i < this.layout.num_layers; i++) {
-      feeds[this.keyNames[i]] = source[this.keyNames[i]];
-      feeds[this.valueNames[i]] = source[this.valueNames[i]];
-    }
+    const placeholder = this.slots === 0 ? this.placeholderPast : undefined;
+    for (const name of [...this.keyNames, ...this.valueNames]) feeds[name] = placeholder ?? this.entries[name];
     return feeds;
   }
 }

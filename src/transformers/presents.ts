@@ -1,7 +1,7 @@
 /**
- * Where the sink cache receives a pass's presents (`present.{i}.key/value`, the past with the new tokens
- * appended). The sink cache moves keys on the CPU, so presents a session returns on a device are downloaded
- * here first.
+ * Where the sink cache receives a pass's presents (`present.{i}.key/value`: the past with the new tokens
+ * appended, or the new tokens alone). Presents a session returns on a device are downloaded here first,
+ * unless the sink cache keeps its buffers there.
  *
  * DOWNLOAD BASELINE: transformers.js keeps presents on WebGPU as `gpu-buffer` tensors (whatever the session
  * options say). For graphs that return the whole cache (other exporters'), this downloads it every step, and
